@@ -1,0 +1,4 @@
+//! One module per command group; each exposes `run(&Ctx, args)`.
+
+pub mod completions;
+pub mod init;

@@ -1,0 +1,143 @@
+//! The `wsync` command line: argument parsing and output only.
+//!
+//! Everything the commands do lives in the library crates (`wsync-lock`,
+//! `wsync-snapshot`, `wsync-filter`, `wsync-coordinator`, `wsync-remote`);
+//! this crate parses arguments, reads the environment, calls them and prints
+//! what they return. It is the only crate that prints.
+//!
+//! ```no_run
+//! // The whole binary:
+//! fn main() -> std::process::ExitCode {
+//!     wsync_cli::run()
+//! }
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+// This crate is the one place that prints.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod cmd;
+pub mod ctx;
+pub mod exit;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use ctx::Ctx;
+
+/// wsync keeps a workspace in sync across machines while an autonomous
+/// system keeps rewriting some of its files.
+#[derive(Debug, Parser)]
+#[command(
+    name = "wsync",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+#[command(
+    after_help = "Exit codes: 0 success, 1 error, 2 usage, 3 busy (another sync holds \
+the lock), 4 conflicts remain, 5 skipped; wrapped commands pass their own code through."
+)]
+pub struct Cli {
+    /// Options every command accepts.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command accepts.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The workspace root (default: the git top-level of the current folder, else the folder).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// The state folder (default: `<workspace>/.wsync`).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// More log output on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Only data and errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Data as JSON on stdout, where the command prints data.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the state folder and keep it out of git.
+    Init,
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Parses the process arguments, runs the command and returns its exit code.
+pub fn run() -> ExitCode {
+    run_from(std::env::args_os())
+}
+
+/// Like [`run`], with explicit arguments (the first is the program name).
+pub fn run_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(err) => {
+            // --help and --version are not errors.
+            let code = if err.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::SUCCESS
+            };
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_tracing(&cli.global);
+    let code = match dispatch(&cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("wsync: error: {err:#}");
+            exit::code_for(&err)
+        }
+    };
+    ExitCode::from(code)
+}
+
+fn init_tracing(global: &GlobalArgs) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (global.quiet, global.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_env("WSYNC_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
+    let ctx = || Ctx::from_args(&cli.global);
+    match &cli.command {
+        Command::Completions { shell } => cmd::completions::run(*shell),
+        Command::Init => cmd::init::run(&ctx()?),
+    }
+}
