@@ -1,0 +1,521 @@
+//! Layer 2: who made the change — writer windows and open files.
+//!
+//! - **Writer windows**: wsync-lock's writer guard appends one JSON line per
+//!   guarded write to `<state>/writers.jsonl` (`{"name", "pid", "start",
+//!   "end"}`, RFC 3339 times or epoch seconds). A change whose mtime lies in
+//!   `[start - slack, end + slack]` is system. A line without `end` is a
+//!   window still open while its pid is alive. The file is parsed
+//!   tolerantly (bad lines are skipped) and re-read only when its size or
+//!   mtime changes.
+//! - **Open files**: `/proc/*/fd` is scanned once per batch for links to the
+//!   `ANALYZE` candidates; each holder's command line (read with `sysinfo`,
+//!   one pid at a time) is matched against the system-process regexes, and
+//!   the per-pid answer is cached for a TTL (30 s). Processes we may not
+//!   inspect, and systems without `/proc`, make the answer "unknown", never
+//!   an error.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use chrono::{DateTime, TimeZone as _, Utc};
+use regex::Regex;
+use serde::Serialize;
+
+use crate::{Change, ChangeKind, Error, FilterConfig};
+
+/// The default system-process patterns (the seed's autonomous system).
+pub const DEFAULT_SYSTEM_PROCESS_PATTERNS: &[&str] =
+    &["claude-autonomous", "claude-[A-Za-z0-9_]+-monitor"];
+
+/// A monotonic time source for the process cache's TTL.
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// The current instant.
+    fn now(&self) -> Instant;
+}
+
+/// The real clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// One recorded system write (a line of `<state>/writers.jsonl`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WriterWindow {
+    /// The writer's name (`wsync guard --name`).
+    pub name: String,
+    /// The writer's pid.
+    pub pid: u32,
+    /// When it started writing.
+    pub start: DateTime<Utc>,
+    /// When it finished (for a still-open window of a live pid: now).
+    pub end: DateTime<Utc>,
+    /// 1-based line in `writers.jsonl`.
+    pub line: usize,
+}
+
+/// Parses `writers.jsonl` text tolerantly: lines that are not JSON objects
+/// with a usable `start` are skipped. `now` closes windows without `end`
+/// whose pid `alive` says is running; those of dead pids close at `start`.
+pub fn parse_writer_windows(
+    text: &str,
+    now: DateTime<Utc>,
+    alive: impl Fn(u32) -> bool,
+) -> Vec<WriterWindow> {
+    let mut out: Vec<WriterWindow> = Vec::new();
+    for (idx, line) in text.lines().enumerate() {
+        let Ok(serde_json::Value::Object(obj)) = serde_json::from_str::<serde_json::Value>(line)
+        else {
+            continue;
+        };
+        let Some(start) = obj.get("start").and_then(parse_time) else {
+            continue;
+        };
+        let name = obj
+            .get("name")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("?")
+            .to_owned();
+        let pid = obj
+            .get("pid")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or(0);
+        let end = match obj.get("end").and_then(parse_time) {
+            Some(end) => end.max(start),
+            None if pid != 0 && alive(pid) => now.max(start),
+            None => start,
+        };
+        // A later record of the same write (pid + start) supersedes it.
+        out.retain(|w| !(w.pid == pid && w.start == start));
+        out.push(WriterWindow {
+            name,
+            pid,
+            start,
+            end,
+            line: idx + 1,
+        });
+    }
+    out
+}
+
+fn parse_time(v: &serde_json::Value) -> Option<DateTime<Utc>> {
+    match v {
+        serde_json::Value::String(s) => DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.with_timezone(&Utc)),
+        serde_json::Value::Number(n) => {
+            let f = n.as_f64()?;
+            // Milliseconds if it is too big to be seconds.
+            let secs = if f > 1e11 { f / 1000.0 } else { f };
+            if !secs.is_finite() || secs < 0.0 {
+                return None;
+            }
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let (whole, nanos) = (secs.trunc() as i64, (secs.fract() * 1e9) as u32);
+            Utc.timestamp_opt(whole, nanos).single()
+        }
+        _ => None,
+    }
+}
+
+/// What the process layer found for one batch.
+#[derive(Debug, Default)]
+pub(crate) struct Evidence {
+    windows: Vec<WriterWindow>,
+    holders: HashMap<PathBuf, Vec<u32>>,
+    scan_note: Option<String>,
+}
+
+/// The process layer's opinion of one change.
+#[derive(Debug)]
+pub(crate) enum Judgement {
+    System { rule: String, reason: String },
+    NotSystem(Option<String>),
+    Unknown(Option<String>),
+}
+
+#[derive(Debug)]
+struct PidInfo {
+    at: Instant,
+    pattern: Option<usize>,
+    cmd: String,
+}
+
+struct PidCache {
+    sys: sysinfo::System,
+    pids: HashMap<u32, PidInfo>,
+}
+
+impl fmt::Debug for PidCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PidCache")
+            .field("pids", &self.pids)
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+struct WindowsCache {
+    key: Option<(u64, SystemTime)>,
+    text: String,
+}
+
+/// Layer 2 state: patterns, caches and the clock.
+#[derive(Debug)]
+pub(crate) struct ProcessLayer {
+    workspace: PathBuf,
+    writers_file: PathBuf,
+    slack: Duration,
+    scan: bool,
+    patterns: Vec<Regex>,
+    ttl: Duration,
+    clock: Arc<dyn Clock>,
+    pids: Mutex<PidCache>,
+    windows: Mutex<WindowsCache>,
+}
+
+impl ProcessLayer {
+    pub(crate) fn new(
+        workspace: &Path,
+        state_dir: &Path,
+        config: &FilterConfig,
+    ) -> Result<Self, Error> {
+        let patterns = config
+            .system_process_patterns
+            .iter()
+            .map(|p| {
+                Regex::new(p).map_err(|source| Error::ProcessPattern {
+                    pattern: p.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            workspace: workspace.to_path_buf(),
+            writers_file: state_dir.join("writers.jsonl"),
+            slack: config.writer_window_slack,
+            scan: config.scan_open_files,
+            patterns,
+            ttl: config.process_cache_ttl,
+            clock: Arc::new(SystemClock),
+            pids: Mutex::new(PidCache {
+                sys: sysinfo::System::new(),
+                pids: HashMap::new(),
+            }),
+            windows: Mutex::new(WindowsCache {
+                key: None,
+                text: String::new(),
+            }),
+        })
+    }
+
+    pub(crate) fn set_clock(&mut self, clock: Arc<dyn Clock>) {
+        self.clock = clock;
+    }
+
+    /// The current writer windows (re-reading the file only if it changed).
+    pub(crate) fn windows(&self) -> Vec<WriterWindow> {
+        let Ok(mut cache) = self.windows.lock() else {
+            return Vec::new();
+        };
+        let key = std::fs::metadata(&self.writers_file)
+            .ok()
+            .and_then(|m| Some((m.len(), m.modified().ok()?)));
+        if key.is_none() {
+            cache.key = None;
+            cache.text.clear();
+        } else if key != cache.key {
+            cache.text = std::fs::read_to_string(&self.writers_file).unwrap_or_default();
+            cache.key = key;
+        }
+        parse_writer_windows(&cache.text, Utc::now(), |pid| {
+            Path::new("/proc").join(pid.to_string()).exists()
+        })
+    }
+
+    /// Reads the windows and scans `/proc` once for these candidates.
+    pub(crate) fn gather(&self, candidates: &[&Change]) -> Evidence {
+        if candidates.is_empty() {
+            return Evidence::default();
+        }
+        let windows = self.windows();
+        let mut evidence = Evidence {
+            windows,
+            ..Evidence::default()
+        };
+        if self.scan {
+            let targets: HashSet<PathBuf> = candidates
+                .iter()
+                .filter(|c| c.kind != ChangeKind::Deleted)
+                .map(|c| self.workspace.join(&c.path))
+                .collect();
+            if !targets.is_empty() {
+                let scan = scan_open_files(Path::new("/proc"), &targets);
+                evidence.holders = scan.holders;
+                evidence.scan_note = if !scan.available {
+                    Some("open-file scan unavailable (no /proc): unknown".into())
+                } else if scan.unreadable > 0 {
+                    Some(format!(
+                        "open files of {} process(es) could not be inspected: unknown for those",
+                        scan.unreadable
+                    ))
+                } else {
+                    None
+                };
+            }
+        }
+        evidence
+    }
+
+    pub(crate) fn judge(&self, change: &Change, evidence: &Evidence) -> Judgement {
+        let abs = self.workspace.join(&change.path);
+        let mtime = change.mtime.or_else(|| {
+            std::fs::symlink_metadata(&abs)
+                .ok()
+                .and_then(|m| m.modified().ok())
+        });
+        if let Some(t) = mtime {
+            let t: DateTime<Utc> = t.into();
+            let slack = chrono::Duration::from_std(self.slack).unwrap_or_default();
+            if let Some(w) = evidence
+                .windows
+                .iter()
+                .find(|w| w.start - slack <= t && t <= w.end + slack)
+            {
+                return Judgement::System {
+                    rule: format!("{}:{}", self.writers_file.display(), w.line),
+                    reason: format!(
+                        "modified at {} inside the window of system writer {:?} (pid {}, {} .. {})",
+                        t.to_rfc3339(),
+                        w.name,
+                        w.pid,
+                        w.start.to_rfc3339(),
+                        w.end.to_rfc3339()
+                    ),
+                };
+            }
+        }
+        let Some(pids) = evidence.holders.get(&abs) else {
+            return match &evidence.scan_note {
+                Some(note) => Judgement::Unknown(Some(format!("no writer window; {note}"))),
+                None if self.scan => Judgement::NotSystem(Some(
+                    "no writer window and no process holds it open".into(),
+                )),
+                None => Judgement::NotSystem(Some("no writer window".into())),
+            };
+        };
+        let mut others = Vec::new();
+        for &pid in pids {
+            match self.system_match(pid) {
+                Some((Some(idx), cmd)) => {
+                    let pattern = self.patterns.get(idx).map_or("?", Regex::as_str);
+                    return Judgement::System {
+                        rule: format!("process:{pattern}"),
+                        reason: format!(
+                            "held open by pid {pid} ({cmd:?}) matching system process pattern {pattern:?}"
+                        ),
+                    };
+                }
+                Some((None, cmd)) => others.push(format!("{pid} ({cmd:?})")),
+                None => others.push(format!("{pid} (command line unknown)")),
+            }
+        }
+        Judgement::NotSystem(Some(format!(
+            "held open by non-system process(es) {}",
+            others.join(", ")
+        )))
+    }
+
+    /// Whether `pid`'s command line matches a system pattern (the index),
+    /// and the command line; `None` if it cannot be read.
+    fn system_match(&self, pid: u32) -> Option<(Option<usize>, String)> {
+        let now = self.clock.now();
+        let mut cache = self.pids.lock().ok()?;
+        if let Some(info) = cache.pids.get(&pid)
+            && now.saturating_duration_since(info.at) < self.ttl
+        {
+            return Some((info.pattern, info.cmd.clone()));
+        }
+        let spid = sysinfo::Pid::from_u32(pid);
+        cache.sys.refresh_processes_specifics(
+            sysinfo::ProcessesToUpdate::Some(&[spid]),
+            true,
+            sysinfo::ProcessRefreshKind::nothing().with_cmd(sysinfo::UpdateKind::Always),
+        );
+        let cmd = cache.sys.process(spid).map(|p| {
+            let parts: Vec<String> = p
+                .cmd()
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            if parts.is_empty() {
+                p.name().to_string_lossy().into_owned()
+            } else {
+                parts.join(" ")
+            }
+        })?;
+        let pattern = self.patterns.iter().position(|re| re.is_match(&cmd));
+        cache.pids.insert(
+            pid,
+            PidInfo {
+                at: now,
+                pattern,
+                cmd: cmd.clone(),
+            },
+        );
+        Some((pattern, cmd))
+    }
+
+    /// How many pids are cached (for tests of the TTL).
+    #[cfg(test)]
+    fn cached(&self, pid: u32) -> Option<Instant> {
+        self.pids.lock().ok()?.pids.get(&pid).map(|i| i.at)
+    }
+}
+
+/// The result of one `/proc` scan.
+#[derive(Debug, Default)]
+pub struct OpenFileScan {
+    /// Candidate path → pids holding it open (ascending).
+    pub holders: HashMap<PathBuf, Vec<u32>>,
+    /// Processes whose `fd` folder could not be read (other users').
+    pub unreadable: usize,
+    /// Whether `proc_root` could be listed at all.
+    pub available: bool,
+}
+
+/// Scans `proc_root/*/fd` for descriptors linking to any of `targets`
+/// (absolute paths). Skips this process. Never fails: what cannot be read
+/// is counted in `unreadable`.
+pub fn scan_open_files(proc_root: &Path, targets: &HashSet<PathBuf>) -> OpenFileScan {
+    let mut scan = OpenFileScan::default();
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return scan;
+    };
+    scan.available = true;
+    let me = std::process::id();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let fd_dir = entry.path().join("fd");
+        let fds = match std::fs::read_dir(&fd_dir) {
+            Ok(fds) => fds,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                scan.unreadable += 1;
+                continue;
+            }
+            Err(_) => continue, // exited meanwhile, or a kernel thread
+        };
+        for fd in fds.flatten() {
+            if let Ok(link) = std::fs::read_link(fd.path())
+                && targets.contains(&link)
+            {
+                let pids = scan.holders.entry(link).or_default();
+                if !pids.contains(&pid) {
+                    pids.push(pid);
+                }
+            }
+        }
+    }
+    for pids in scan.holders.values_mut() {
+        pids.sort_unstable();
+    }
+    scan
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn parses_tolerantly() {
+        let text = concat!(
+            "{\"name\":\"a\",\"pid\":10,\"start\":\"2026-01-01T00:00:00Z\",\"end\":\"2026-01-01T00:00:05Z\"}\n",
+            "garbage\n",
+            "{\"name\":\"b\",\"pid\":11,\"start\":1767225600.5}\n",
+            "{\"name\":\"c\",\"pid\":12,\"start\":1767225600000,\"end\":1767225601000}\n",
+            "[1,2]\n",
+        );
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 1, 0).unwrap();
+        let w = parse_writer_windows(text, now, |pid| pid == 11);
+        assert_eq!(w.len(), 3);
+        assert_eq!(w[0].name, "a");
+        assert_eq!(w[0].line, 1);
+        assert_eq!(w[1].end, now, "open window of a live pid lasts until now");
+        assert_eq!(
+            w[2].start,
+            Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+        );
+        let dead = parse_writer_windows(text, now, |_| false);
+        assert_eq!(dead[1].end, dead[1].start);
+    }
+
+    #[test]
+    fn later_record_supersedes_open_one() {
+        let text = concat!(
+            "{\"name\":\"a\",\"pid\":10,\"start\":\"2026-01-01T00:00:00Z\"}\n",
+            "{\"name\":\"a\",\"pid\":10,\"start\":\"2026-01-01T00:00:00Z\",\"end\":\"2026-01-01T00:00:09Z\"}\n",
+        );
+        let w = parse_writer_windows(text, Utc::now(), |_| true);
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].line, 2);
+    }
+
+    #[derive(Debug)]
+    struct Manual(Mutex<Instant>);
+    impl Clock for Manual {
+        fn now(&self) -> Instant {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    #[test]
+    fn pid_cache_honours_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut layer =
+            ProcessLayer::new(dir.path(), dir.path(), &FilterConfig::default()).unwrap();
+        let start = Instant::now();
+        let clock = Arc::new(Manual(Mutex::new(start)));
+        layer.set_clock(clock.clone());
+        let me = std::process::id();
+        let (pattern, cmd) = layer.system_match(me).unwrap();
+        assert!(pattern.is_none());
+        assert!(!cmd.is_empty());
+        assert_eq!(layer.cached(me), Some(start));
+        *clock.0.lock().unwrap() = start + Duration::from_secs(29);
+        layer.system_match(me).unwrap();
+        assert_eq!(layer.cached(me), Some(start), "within the TTL: cached");
+        *clock.0.lock().unwrap() = start + Duration::from_secs(31);
+        layer.system_match(me).unwrap();
+        assert_eq!(
+            layer.cached(me),
+            Some(start + Duration::from_secs(31)),
+            "after the TTL: refreshed"
+        );
+    }
+
+    #[test]
+    fn missing_proc_is_unknown_not_error() {
+        let targets: HashSet<PathBuf> = [PathBuf::from("/x")].into_iter().collect();
+        let scan = scan_open_files(Path::new("/nonexistent-proc"), &targets);
+        assert!(!scan.available);
+        assert!(scan.holders.is_empty());
+    }
+}
