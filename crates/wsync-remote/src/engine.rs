@@ -1,0 +1,1480 @@
+//! Planning and running push, pull and three-way sync between a local root
+//! and a connected `wsync serve`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::conn::{Conn, ConnectOptions, PeerSpec, variant};
+use crate::delta::{Hash, Op, Signature};
+use crate::fsops::{Excludes, Root};
+use crate::wire::{Entry, ErrorKind, Kind, Meta, Request, Response};
+use crate::{Error, show};
+
+/// Files smaller than this go whole (compressed) instead of as a delta.
+pub const DELTA_MIN: u64 = 16 * 1024;
+/// Requests kept in flight per batch.
+const WINDOW: usize = 64;
+/// Literal bytes per `PutOps` frame.
+const OPS_BATCH_BYTES: usize = 1024 * 1024;
+/// Marks conflict copies in names.
+pub const CONFLICT_MARK: &str = ".sync-conflict-";
+
+/// A progress notification.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ProgressEvent {
+    /// The plan is ready: this many transfers of this many bytes.
+    Planned {
+        /// Files to transfer.
+        files: u64,
+        /// Their total size.
+        bytes: u64,
+    },
+    /// One file was transferred (or failed).
+    FileDone {
+        /// Its size.
+        bytes: u64,
+    },
+}
+
+/// A progress callback.
+pub type Progress = Arc<dyn Fn(&ProgressEvent) + Send + Sync>;
+
+/// What a run does.
+#[derive(Clone)]
+pub struct SyncOptions {
+    /// Plan only; change nothing.
+    pub dry_run: bool,
+    /// Extra gitignore-style excludes (the local `.wsyncignore` is added).
+    pub excludes: Vec<String>,
+    /// Sync VCS folders (`.git`, …) too.
+    pub include_vcs: bool,
+    /// push/pull: delete on the receiver what the sender does not have.
+    pub delete: bool,
+    /// Allow a missing or emptied root to propagate deletions.
+    pub allow_mass_delete: bool,
+    /// Most conflict copies kept per file; beyond, the conflict is left
+    /// unresolved (both sides untouched) and reported.
+    pub conflict_cap: usize,
+    /// Progress callback.
+    pub progress: Option<Progress>,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            excludes: Vec::new(),
+            include_vcs: false,
+            delete: false,
+            allow_mass_delete: false,
+            conflict_cap: 5,
+            progress: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for SyncOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncOptions")
+            .field("dry_run", &self.dry_run)
+            .field("excludes", &self.excludes)
+            .field("include_vcs", &self.include_vcs)
+            .field("delete", &self.delete)
+            .field("allow_mass_delete", &self.allow_mass_delete)
+            .field("conflict_cap", &self.conflict_cap)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One planned action, for `--dry-run` and reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlanItem {
+    /// `send`, `receive`, `delete-local`, `delete-remote`, `rename-local`,
+    /// `rename-remote`, `mkdir-local`, `mkdir-remote`, `unresolved`.
+    pub action: String,
+    /// The path (lossy UTF-8).
+    pub path: String,
+    /// Extra detail (rename target, reason).
+    pub detail: Option<String>,
+}
+
+/// A conflict resolved by keeping both versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConflictCopy {
+    /// The contested path (now holding the newer version).
+    pub path: String,
+    /// Where the older version was kept (on both sides).
+    pub copy: String,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// The plan.
+    pub plan: Vec<PlanItem>,
+    /// Entries left alone because they were unchanged.
+    pub unchanged: u64,
+    /// Files (and links) written on the peer.
+    pub files_sent: u64,
+    /// Files (and links) written here.
+    pub files_received: u64,
+    /// Entries deleted (both sides).
+    pub deleted: u64,
+    /// Folders created (both sides).
+    pub dirs_created: u64,
+    /// Bytes written to the connection.
+    pub bytes_sent: u64,
+    /// Bytes read from the connection.
+    pub bytes_received: u64,
+    /// Content bytes that travelled as literal data.
+    pub literal_bytes: u64,
+    /// Content bytes rebuilt from the receiver's old copy.
+    pub matched_bytes: u64,
+    /// Conflicts resolved by keeping both versions.
+    pub conflicts: Vec<ConflictCopy>,
+    /// Conflicts left alone (cap reached, conflict copy edited on both sides).
+    pub unresolved: Vec<String>,
+    /// Per-path failures (the rest of the run went on).
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Side {
+    Local,
+    Remote,
+}
+
+impl Side {
+    fn other(self) -> Self {
+        match self {
+            Self::Local => Self::Remote,
+            Self::Remote => Self::Local,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Remote => "remote",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Rename {
+        on: Side,
+        from: Vec<u8>,
+        to: Vec<u8>,
+        expect: Meta,
+    },
+    Delete {
+        on: Side,
+        path: Vec<u8>,
+        expect: Meta,
+    },
+    Copy {
+        from: Side,
+        path: Vec<u8>,
+        src: Meta,
+        dest: Option<Meta>,
+    },
+    Record {
+        path: Vec<u8>,
+        local: Meta,
+        remote: Meta,
+    },
+    Unresolved {
+        path: Vec<u8>,
+        why: String,
+    },
+}
+
+impl Step {
+    fn plan_item(&self) -> PlanItem {
+        let item = |action: String, path: &[u8], detail: Option<String>| PlanItem {
+            action,
+            path: show(path),
+            detail,
+        };
+        match self {
+            Self::Rename { on, from, to, .. } => {
+                item(format!("rename-{}", on.name()), from, Some(show(to)))
+            }
+            Self::Delete { on, path, .. } => item(format!("delete-{}", on.name()), path, None),
+            Self::Copy {
+                from, path, src, ..
+            } => {
+                let action = match (src.kind, from) {
+                    (Kind::Dir, f) => format!("mkdir-{}", f.other().name()),
+                    (_, Side::Local) => "send".into(),
+                    (_, Side::Remote) => "receive".into(),
+                };
+                item(action, path, None)
+            }
+            Self::Record { path, .. } => item("record".into(), path, None),
+            Self::Unresolved { path, why } => item("unresolved".into(), path, Some(why.clone())),
+        }
+    }
+}
+
+/// Whether two metas describe the same synced entry.
+fn same(a: &Meta, b: &Meta) -> bool {
+    a.kind == b.kind
+        && match a.kind {
+            Kind::File => a.size == b.size && a.mtime_ns == b.mtime_ns && a.exec == b.exec,
+            Kind::Dir => true,
+            Kind::Symlink => a.target == b.target,
+        }
+}
+
+fn changed(now: Option<&Meta>, base: Option<&Meta>) -> bool {
+    match (now, base) {
+        (None, None) => false,
+        (Some(a), Some(b)) => !same(a, b),
+        _ => true,
+    }
+}
+
+/// Whether a path names a conflict copy.
+#[must_use]
+pub fn is_conflict_copy(path: &[u8]) -> bool {
+    let name = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+    name.windows(CONFLICT_MARK.len())
+        .any(|w| w == CONFLICT_MARK.as_bytes())
+}
+
+/// `dir/NAME.EXT` → `dir/NAME.sync-conflict-YYYYMMDD-HHMMSS-HOST.EXT`.
+#[must_use]
+pub fn conflict_name(path: &[u8], stamp: &str, host: &str) -> Vec<u8> {
+    let (dir, name) = match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..=i], &path[i + 1..]),
+        None => (&b""[..], path),
+    };
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let (stem, ext) = match name.iter().rposition(|&b| b == b'.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, &b""[..]),
+    };
+    let mut out = dir.to_vec();
+    out.extend_from_slice(stem);
+    out.extend_from_slice(format!("{CONFLICT_MARK}{stamp}-{host}").as_bytes());
+    out.extend_from_slice(ext);
+    out
+}
+
+/// How many conflict copies of `path` exist in `tree`.
+fn conflict_copies_of(path: &[u8], tree: &BTreeMap<Vec<u8>, Meta>) -> usize {
+    let probe = conflict_name(path, "", "");
+    // probe = dir/stem.sync-conflict--.ext ; match prefix up to the mark.
+    let mark_at = probe
+        .windows(CONFLICT_MARK.len())
+        .position(|w| w == CONFLICT_MARK.as_bytes())
+        .map_or(probe.len(), |i| i + CONFLICT_MARK.len());
+    let prefix = &probe[..mark_at];
+    tree.range(prefix.to_vec()..)
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .filter(|(k, _)| !k[prefix.len()..].contains(&b'/'))
+        .count()
+}
+
+/// The stored state of a peer pair: per path, the meta on each side when
+/// both last agreed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct StateFile {
+    version: u32,
+    entries: Vec<(Vec<u8>, Meta, Meta)>,
+}
+
+type State = BTreeMap<Vec<u8>, (Meta, Meta)>;
+
+fn decode_state(bytes: Option<&[u8]>, what: &str) -> Result<State, Error> {
+    let Some(bytes) = bytes else {
+        return Ok(State::new());
+    };
+    let f: StateFile = postcard::from_bytes(bytes).map_err(|e| Error::State {
+        path: what.to_owned(),
+        why: e.to_string(),
+    })?;
+    Ok(f.entries.into_iter().map(|(p, l, r)| (p, (l, r))).collect())
+}
+
+fn encode_state(state: &State) -> Result<Vec<u8>, Error> {
+    let f = StateFile {
+        version: 1,
+        entries: state
+            .iter()
+            .map(|(p, (l, r))| (p.clone(), l.clone(), r.clone()))
+            .collect(),
+    };
+    postcard::to_stdvec(&f).map_err(|e| Error::State {
+        path: "(new state)".into(),
+        why: e.to_string(),
+    })
+}
+
+#[derive(Debug, Default)]
+struct Tree {
+    exists: bool,
+    entries: BTreeMap<Vec<u8>, Meta>,
+}
+
+/// A connection between a local root and a peer.
+#[derive(Debug)]
+pub struct Session {
+    local: Root,
+    conn: Conn,
+    pair: String,
+    local_host: String,
+}
+
+enum Outcome {
+    Set(Meta, Meta),
+    Remove,
+}
+
+impl Session {
+    /// Connects to `peer` (spawning `wsync serve` locally or through ssh).
+    pub fn connect(local: &Path, peer: &PeerSpec, opts: &ConnectOptions) -> Result<Self, Error> {
+        let conn = Conn::connect(peer, opts)?;
+        Ok(Self::with_conn(local, conn, &peer.label()))
+    }
+
+    /// A session over an established connection; `peer_label` identifies
+    /// the peer in the pair id (use [`PeerSpec::label`]).
+    #[must_use]
+    pub fn with_conn(local: &Path, conn: Conn, peer_label: &str) -> Self {
+        let local_abs = std::fs::canonicalize(local).unwrap_or_else(|_| local.to_path_buf());
+        let mut h = blake3::Hasher::new();
+        h.update(std::os::unix::ffi::OsStrExt::as_bytes(
+            local_abs.as_os_str(),
+        ));
+        h.update(b"\0");
+        h.update(peer_label.as_bytes());
+        let pair = h.finalize().to_hex()[..32].to_owned();
+        Self {
+            local: Root::new(local, true),
+            conn,
+            pair,
+            local_host: gethostname::gethostname().to_string_lossy().into_owned(),
+        }
+    }
+
+    /// Turns fsync off for local writes (throwaway data only).
+    pub fn set_fsync(&mut self, fsync: bool) {
+        self.local = Root::new(self.local.path(), fsync);
+    }
+
+    /// The connection.
+    #[must_use]
+    pub fn conn(&self) -> &Conn {
+        &self.conn
+    }
+
+    /// Ends the session cleanly.
+    pub fn close(self) -> Result<(), Error> {
+        self.conn.close()
+    }
+
+    fn all_excludes(&self, opts: &SyncOptions) -> Vec<String> {
+        let mut v = opts.excludes.clone();
+        if let Ok(text) = std::fs::read_to_string(self.local.path().join(crate::fsops::IGNORE_FILE))
+        {
+            v.extend(text.lines().map(str::to_owned));
+        }
+        v
+    }
+
+    fn scan_both(&self, opts: &SyncOptions) -> Result<(Tree, Tree), Error> {
+        let patterns = self.all_excludes(opts);
+        self.conn.send(&Request::Scan {
+            excludes: patterns.clone(),
+            include_vcs: opts.include_vcs,
+        })?;
+        let ex = Excludes::new(self.local.path(), &patterns, opts.include_vcs, false)?;
+        let (exists, list) = self.local.scan(&ex)?;
+        let local = Tree {
+            exists,
+            entries: list.into_iter().map(|e| (e.path, e.meta)).collect(),
+        };
+        let mut remote = Tree::default();
+        loop {
+            match self.conn.recv()? {
+                Response::ScanChunk(entries) => {
+                    for Entry { path, meta } in entries {
+                        crate::fsops::check_rel(&path)?;
+                        if ex.excluded_any(&path, meta.kind == Kind::Dir) {
+                            continue;
+                        }
+                        if meta.kind == Kind::Symlink
+                            && (meta.target.is_empty() || meta.target.contains(&0))
+                        {
+                            continue;
+                        }
+                        remote.entries.insert(path, meta);
+                    }
+                }
+                Response::ScanEnd { root_exists } => {
+                    remote.exists = root_exists;
+                    break;
+                }
+                r @ Response::Err { .. } => return Err(self.conn.peer_error(r)),
+                other => return Err(self.unexpected(&other, "scan")),
+            }
+        }
+        Ok((local, remote))
+    }
+
+    fn unexpected(&self, r: &Response, during: &str) -> Error {
+        Error::Protocol {
+            peer: self.conn.peer().to_owned(),
+            what: format!("unexpected {} during {during}", variant(r)),
+        }
+    }
+
+    /// Copies the local tree to the peer (`delete`: and removes extras there).
+    pub fn push(&mut self, opts: &SyncOptions) -> Result<Report, Error> {
+        self.one_way(Side::Local, opts)
+    }
+
+    /// Copies the peer's tree here (`delete`: and removes extras here).
+    pub fn pull(&mut self, opts: &SyncOptions) -> Result<Report, Error> {
+        self.one_way(Side::Remote, opts)
+    }
+
+    fn one_way(&mut self, from: Side, opts: &SyncOptions) -> Result<Report, Error> {
+        let (local, remote) = self.scan_both(opts)?;
+        let (src, dst) = match from {
+            Side::Local => (&local, &remote),
+            Side::Remote => (&remote, &local),
+        };
+        let root_name = |side: Side| match side {
+            Side::Local => self.local.path().display().to_string(),
+            Side::Remote => self.conn.peer().to_owned(),
+        };
+        if !src.exists {
+            return Err(Error::NotFound {
+                path: format!("{} root {}", from.name(), root_name(from)),
+            });
+        }
+        if opts.delete
+            && src.entries.is_empty()
+            && !dst.entries.is_empty()
+            && !opts.allow_mass_delete
+        {
+            return Err(Error::MassDelete {
+                side: from.name().into(),
+                root: root_name(from),
+                known: dst.entries.len(),
+            });
+        }
+        let mut report = Report {
+            dry_run: opts.dry_run,
+            ..Report::default()
+        };
+        let mut steps = Vec::new();
+        for (p, s) in &src.entries {
+            match dst.entries.get(p) {
+                Some(d) if same(s, d) => report.unchanged += 1,
+                Some(d) if d.kind == Kind::Dir && s.kind != Kind::Dir => {
+                    steps.push(Step::Delete {
+                        on: from.other(),
+                        path: p.clone(),
+                        expect: d.clone(),
+                    });
+                    steps.push(Step::Copy {
+                        from,
+                        path: p.clone(),
+                        src: s.clone(),
+                        dest: None,
+                    });
+                }
+                d => steps.push(Step::Copy {
+                    from,
+                    path: p.clone(),
+                    src: s.clone(),
+                    dest: d.cloned(),
+                }),
+            }
+        }
+        if opts.delete {
+            for (p, d) in &dst.entries {
+                if !src.entries.contains_key(p) {
+                    steps.push(Step::Delete {
+                        on: from.other(),
+                        path: p.clone(),
+                        expect: d.clone(),
+                    });
+                }
+            }
+        }
+        report.plan = steps.iter().map(Step::plan_item).collect();
+        if !opts.dry_run {
+            self.execute(&steps, opts, &mut report)?;
+        }
+        self.finish_report(&mut report);
+        Ok(report)
+    }
+
+    fn finish_report(&self, report: &mut Report) {
+        report.bytes_sent = self.conn.bytes_sent();
+        report.bytes_received = self.conn.bytes_received();
+    }
+
+    fn load_state(&self) -> Result<State, Error> {
+        let remote = match self.conn.call(&Request::StateGet {
+            pair: self.pair.clone(),
+        })? {
+            Response::State(s) => s,
+            r @ Response::Err { .. } => return Err(self.conn.peer_error(r)),
+            other => return Err(self.unexpected(&other, "state read")),
+        };
+        let local = self.local.state_get(&self.pair)?;
+        let l = decode_state(local.as_deref(), "local state")?;
+        let r = decode_state(remote.as_deref(), "remote state")?;
+        if l == r {
+            return Ok(l);
+        }
+        // The copies disagree (a run died between the two writes): keep
+        // only what both agree on; the rest is compared by content.
+        Ok(l.into_iter().filter(|(p, v)| r.get(p) == Some(v)).collect())
+    }
+
+    fn save_state(&self, state: &State) -> Result<(), Error> {
+        let bytes = encode_state(state)?;
+        match self.conn.call(&Request::StatePut {
+            pair: self.pair.clone(),
+            data: bytes.clone(),
+        })? {
+            Response::Done(_) => {}
+            r @ Response::Err { .. } => return Err(self.conn.peer_error(r)),
+            other => return Err(self.unexpected(&other, "state write")),
+        }
+        self.local.state_put(&self.pair, &bytes)
+    }
+
+    /// Three-way sync against the last synced state of this pair.
+    pub fn sync(&mut self, opts: &SyncOptions) -> Result<Report, Error> {
+        let state = self.load_state()?;
+        let (local, remote) = self.scan_both(opts)?;
+        let known_files = state.len();
+        if known_files > 0 && !opts.allow_mass_delete {
+            for (side, tree) in [(Side::Local, &local), (Side::Remote, &remote)] {
+                if !tree.exists || tree.entries.is_empty() {
+                    return Err(Error::MassDelete {
+                        side: side.name().into(),
+                        root: match side {
+                            Side::Local => self.local.path().display().to_string(),
+                            Side::Remote => self.conn.peer().to_owned(),
+                        },
+                        known: known_files,
+                    });
+                }
+            }
+        }
+        let mut report = Report {
+            dry_run: opts.dry_run,
+            ..Report::default()
+        };
+        let mut steps = Vec::new();
+        let mut compare: Vec<(Vec<u8>, Meta, Meta)> = Vec::new();
+        let mut paths: BTreeSet<&Vec<u8>> = local.entries.keys().collect();
+        paths.extend(remote.entries.keys());
+        paths.extend(state.keys());
+        let now = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
+        for p in paths {
+            let l = local.entries.get(p);
+            let r = remote.entries.get(p);
+            let s = state.get(p);
+            let lc = changed(l, s.map(|s| &s.0));
+            let rc = changed(r, s.map(|s| &s.1));
+            match (lc, rc) {
+                (false, false) => report.unchanged += u64::from(l.is_some()),
+                (true, false) | (false, true) => {
+                    let (from, x, y) = if lc {
+                        (Side::Local, l, r)
+                    } else {
+                        (Side::Remote, r, l)
+                    };
+                    match (x, y) {
+                        (None, Some(y)) => steps.push(Step::Delete {
+                            on: from.other(),
+                            path: p.clone(),
+                            expect: y.clone(),
+                        }),
+                        (Some(x), y) => {
+                            if let Some(y) =
+                                y.filter(|y| y.kind == Kind::Dir && x.kind != Kind::Dir)
+                            {
+                                steps.push(Step::Delete {
+                                    on: from.other(),
+                                    path: p.clone(),
+                                    expect: y.clone(),
+                                });
+                                steps.push(Step::Copy {
+                                    from,
+                                    path: p.clone(),
+                                    src: x.clone(),
+                                    dest: None,
+                                });
+                            } else {
+                                steps.push(Step::Copy {
+                                    from,
+                                    path: p.clone(),
+                                    src: x.clone(),
+                                    dest: y.cloned(),
+                                });
+                            }
+                        }
+                        (None, None) => {}
+                    }
+                }
+                (true, true) => match (l, r) {
+                    (None, None) => {}
+                    // Edit beats delete.
+                    (Some(l), None) => steps.push(Step::Copy {
+                        from: Side::Local,
+                        path: p.clone(),
+                        src: l.clone(),
+                        dest: None,
+                    }),
+                    (None, Some(r)) => steps.push(Step::Copy {
+                        from: Side::Remote,
+                        path: p.clone(),
+                        src: r.clone(),
+                        dest: None,
+                    }),
+                    (Some(l), Some(r)) => {
+                        if l.kind == r.kind && l.kind != Kind::File && same(l, r) {
+                            steps.push(Step::Record {
+                                path: p.clone(),
+                                local: l.clone(),
+                                remote: r.clone(),
+                            });
+                        } else if l.kind == Kind::File && r.kind == Kind::File && l.size == r.size {
+                            compare.push((p.clone(), l.clone(), r.clone()));
+                        } else {
+                            steps.extend(self.conflict(p, l, r, &local, &remote, &now, opts));
+                        }
+                    }
+                },
+            }
+        }
+        // Same-size files changed on both sides: equal content is no conflict.
+        if !compare.is_empty() {
+            let remote_hashes =
+                self.remote_hashes(compare.iter().map(|c| c.0.clone()).collect())?;
+            for ((p, l, r), rh) in compare.iter().zip(remote_hashes) {
+                let lh = self.local.hash(p);
+                match (lh, rh) {
+                    (Ok(a), Ok(b)) if a == b => steps.push(Step::Record {
+                        path: p.clone(),
+                        local: l.clone(),
+                        remote: r.clone(),
+                    }),
+                    (Ok(_), Ok(_)) => {
+                        steps.extend(self.conflict(p, l, r, &local, &remote, &now, opts));
+                    }
+                    (Err(e), _) | (_, Err(e)) => report.errors.push(e.to_string()),
+                }
+            }
+        }
+        keep_nonempty_dirs(&mut steps, &local, &remote);
+        report.plan = steps.iter().map(Step::plan_item).collect();
+        for st in &steps {
+            match st {
+                Step::Unresolved { path, why } => {
+                    report.unresolved.push(format!("{}: {why}", show(path)));
+                }
+                Step::Rename { from, to, .. } => report.conflicts.push(ConflictCopy {
+                    path: show(from),
+                    copy: show(to),
+                }),
+                _ => {}
+            }
+        }
+        if opts.dry_run {
+            self.finish_report(&mut report);
+            return Ok(report);
+        }
+        let outcomes = self.execute(&steps, opts, &mut report)?;
+        let mut next = state;
+        for (p, o) in outcomes {
+            match o {
+                Outcome::Set(l, r) => {
+                    next.insert(p, (l, r));
+                }
+                Outcome::Remove => {
+                    next.remove(&p);
+                }
+            }
+        }
+        // Both sides deleted, or excluded now: forget.
+        next.retain(|p, _| {
+            local.entries.contains_key(p)
+                || remote.entries.contains_key(p)
+                || steps_touch(&steps, p)
+        });
+        self.save_state(&next)?;
+        self.finish_report(&mut report);
+        Ok(report)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn conflict(
+        &self,
+        p: &[u8],
+        l: &Meta,
+        r: &Meta,
+        local: &Tree,
+        remote: &Tree,
+        now: &str,
+        opts: &SyncOptions,
+    ) -> Vec<Step> {
+        if is_conflict_copy(p) {
+            return vec![Step::Unresolved {
+                path: p.to_vec(),
+                why: "a conflict copy was changed on both sides (no conflict copy of a conflict copy)".into(),
+            }];
+        }
+        let existing =
+            conflict_copies_of(p, &local.entries).max(conflict_copies_of(p, &remote.entries));
+        if existing >= opts.conflict_cap {
+            return vec![Step::Unresolved {
+                path: p.to_vec(),
+                why: format!(
+                    "{existing} conflict copies exist already (cap {})",
+                    opts.conflict_cap
+                ),
+            }];
+        }
+        let loser = if l.kind == Kind::Dir {
+            Side::Remote
+        } else if r.kind == Kind::Dir || l.mtime_ns < r.mtime_ns {
+            Side::Local
+        } else {
+            Side::Remote
+        };
+        let (lose_meta, win_meta) = match loser {
+            Side::Local => (l, r),
+            Side::Remote => (r, l),
+        };
+        let host = match loser {
+            Side::Local => self.local_host.clone(),
+            Side::Remote => self.conn.peer_host.clone(),
+        };
+        let mut name = conflict_name(p, now, &host);
+        let mut n = 1;
+        while local.entries.contains_key(&name) || remote.entries.contains_key(&name) {
+            name = conflict_name(p, &format!("{now}-{n}"), &host);
+            n += 1;
+        }
+        vec![
+            Step::Rename {
+                on: loser,
+                from: p.to_vec(),
+                to: name.clone(),
+                expect: lose_meta.clone(),
+            },
+            Step::Copy {
+                from: loser.other(),
+                path: p.to_vec(),
+                src: win_meta.clone(),
+                dest: None,
+            },
+            Step::Copy {
+                from: loser,
+                path: name,
+                src: lose_meta.clone(),
+                dest: None,
+            },
+        ]
+    }
+
+    fn remote_hashes(&self, paths: Vec<Vec<u8>>) -> Result<Vec<Result<Hash, Error>>, Error> {
+        let mut out = Vec::with_capacity(paths.len());
+        for chunk in paths.chunks(WINDOW * 4) {
+            for p in chunk {
+                self.conn.send(&Request::Hash { path: p.clone() })?;
+            }
+            for _ in chunk {
+                out.push(match self.conn.recv()? {
+                    Response::Hash(h) => Ok(h),
+                    r @ Response::Err { .. } => Err(self.conn.peer_error(r)),
+                    other => return Err(self.unexpected(&other, "hash")),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends small requests to the peer, all in flight, answers in order.
+    fn remote_batch(&self, reqs: &[Request]) -> Result<Vec<Result<Option<Meta>, Error>>, Error> {
+        let mut out = Vec::with_capacity(reqs.len());
+        for chunk in reqs.chunks(WINDOW * 4) {
+            for r in chunk {
+                self.conn.send(r)?;
+            }
+            for _ in chunk {
+                out.push(match self.conn.recv()? {
+                    Response::Done(m) => Ok(m),
+                    r @ Response::Err { .. } => Err(self.conn.peer_error(r)),
+                    other => return Err(self.unexpected(&other, "batch")),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn execute(
+        &mut self,
+        steps: &[Step],
+        opts: &SyncOptions,
+        report: &mut Report,
+    ) -> Result<Vec<(Vec<u8>, Outcome)>, Error> {
+        let mut outcomes: Vec<(Vec<u8>, Outcome)> = Vec::new();
+        let fail = |report: &mut Report, e: &Error| report.errors.push(e.to_string());
+
+        // 1. Renames (conflict copies), so the winners can take the name.
+        let mut remote_reqs = Vec::new();
+        for st in steps {
+            if let Step::Rename {
+                on,
+                from,
+                to,
+                expect,
+            } = st
+            {
+                match on {
+                    Side::Local => {
+                        if let Err(e) = self.local.rename(from, to, expect) {
+                            fail(report, &e);
+                        }
+                    }
+                    Side::Remote => remote_reqs.push(Request::Rename {
+                        from: from.clone(),
+                        to: to.clone(),
+                        expect: expect.clone(),
+                    }),
+                }
+            }
+        }
+        for r in self.remote_batch(&remote_reqs)? {
+            if let Err(e) = r {
+                fail(report, &e);
+            }
+        }
+
+        // 2. Deletions, deepest first.
+        let mut dels: Vec<(&Side, &Vec<u8>, &Meta)> = steps
+            .iter()
+            .filter_map(|st| match st {
+                Step::Delete { on, path, expect } => Some((on, path, expect)),
+                _ => None,
+            })
+            .collect();
+        dels.sort_by(|a, b| b.1.cmp(a.1));
+        let mut remote_reqs = Vec::new();
+        let mut remote_paths = Vec::new();
+        for (on, path, expect) in dels {
+            match on {
+                Side::Local => match self.local.delete(path, expect) {
+                    Ok(()) => {
+                        report.deleted += 1;
+                        outcomes.push((path.clone(), Outcome::Remove));
+                    }
+                    Err(e) => fail(report, &e),
+                },
+                Side::Remote => {
+                    remote_reqs.push(Request::Delete {
+                        path: path.clone(),
+                        expect: expect.clone(),
+                    });
+                    remote_paths.push(path.clone());
+                }
+            }
+        }
+        for (p, r) in remote_paths
+            .into_iter()
+            .zip(self.remote_batch(&remote_reqs)?)
+        {
+            match r {
+                Ok(_) => {
+                    report.deleted += 1;
+                    outcomes.push((p, Outcome::Remove));
+                }
+                Err(e) => fail(report, &e),
+            }
+        }
+
+        // 3. Folders (parents first) and symlinks.
+        let mut remote_reqs = Vec::new();
+        let mut remote_meta = Vec::new();
+        let mut copies: Vec<(&Side, &Vec<u8>, &Meta, &Option<Meta>)> = steps
+            .iter()
+            .filter_map(|st| match st {
+                Step::Copy {
+                    from,
+                    path,
+                    src,
+                    dest,
+                } => Some((from, path, src, dest)),
+                _ => None,
+            })
+            .collect();
+        copies.sort_by(|a, b| a.1.cmp(b.1));
+        for &(from, path, src, dest) in &copies {
+            if src.kind == Kind::File {
+                continue;
+            }
+            match from {
+                Side::Remote => {
+                    let r = if src.kind == Kind::Dir {
+                        self.local.mkdir(path, dest.as_ref())
+                    } else {
+                        self.local.symlink(path, &src.target, dest.as_ref())
+                    };
+                    match r {
+                        Ok(m) => {
+                            if src.kind == Kind::Dir {
+                                report.dirs_created += 1;
+                            } else {
+                                report.files_received += 1;
+                            }
+                            outcomes.push((path.clone(), Outcome::Set(m, src.clone())));
+                        }
+                        Err(e) => fail(report, &e),
+                    }
+                }
+                Side::Local => {
+                    remote_reqs.push(if src.kind == Kind::Dir {
+                        Request::Mkdir {
+                            path: path.clone(),
+                            expect: dest.clone(),
+                        }
+                    } else {
+                        Request::Symlink {
+                            path: path.clone(),
+                            target: src.target.clone(),
+                            expect: dest.clone(),
+                        }
+                    });
+                    remote_meta.push((path.clone(), src.clone()));
+                }
+            }
+        }
+        for ((p, src), r) in remote_meta
+            .into_iter()
+            .zip(self.remote_batch(&remote_reqs)?)
+        {
+            match r {
+                Ok(Some(m)) => {
+                    if src.kind == Kind::Dir {
+                        report.dirs_created += 1;
+                    } else {
+                        report.files_sent += 1;
+                    }
+                    outcomes.push((p, Outcome::Set(src, m)));
+                }
+                Ok(None) => {}
+                Err(e) => fail(report, &e),
+            }
+        }
+
+        // 4. Files, pipelined.
+        let sends: Vec<FileCopy> = copies
+            .iter()
+            .filter(|c| *c.0 == Side::Local && c.2.kind == Kind::File)
+            .map(|c| FileCopy {
+                path: c.1.clone(),
+                src: c.2.clone(),
+                dest: c.3.clone(),
+            })
+            .collect();
+        let recvs: Vec<FileCopy> = copies
+            .iter()
+            .filter(|c| *c.0 == Side::Remote && c.2.kind == Kind::File)
+            .map(|c| FileCopy {
+                path: c.1.clone(),
+                src: c.2.clone(),
+                dest: c.3.clone(),
+            })
+            .collect();
+        if let Some(p) = &opts.progress {
+            p(&ProgressEvent::Planned {
+                files: (sends.len() + recvs.len()) as u64,
+                bytes: sends.iter().chain(&recvs).map(|c| c.src.size).sum(),
+            });
+        }
+        for (item, r) in sends.iter().zip(self.send_files(&sends, opts, report)?) {
+            match r {
+                Ok((l, m)) => {
+                    report.files_sent += 1;
+                    outcomes.push((item.path.clone(), Outcome::Set(l, m)));
+                }
+                Err(e) => fail(report, &e),
+            }
+        }
+        for (item, r) in recvs.iter().zip(self.recv_files(&recvs, opts, report)?) {
+            match r {
+                Ok((l, m)) => {
+                    report.files_received += 1;
+                    outcomes.push((item.path.clone(), Outcome::Set(l, m)));
+                }
+                Err(e) => fail(report, &e),
+            }
+        }
+
+        // 5. Both sides already agree.
+        for st in steps {
+            if let Step::Record {
+                path,
+                local,
+                remote,
+            } = st
+            {
+                outcomes.push((path.clone(), Outcome::Set(local.clone(), remote.clone())));
+            }
+        }
+        Ok(outcomes)
+    }
+
+    fn send_files(
+        &self,
+        items: &[FileCopy],
+        opts: &SyncOptions,
+        report: &mut Report,
+    ) -> Result<Vec<Result<(Meta, Meta), Error>>, Error> {
+        enum Pending {
+            Sigs(usize),
+            Put(usize, bool),
+        }
+        let n = items.len();
+        let mut results: Vec<Option<Result<(Meta, Meta), Error>>> = (0..n).map(|_| None).collect();
+        let mut sent_meta: Vec<Option<Meta>> = vec![None; n];
+        let mut local_err: Vec<Option<Error>> = (0..n).map(|_| None).collect();
+        let mut sigs: HashMap<usize, Signature> = HashMap::new();
+        let mut pending: VecDeque<Pending> = VecDeque::new();
+        let mut retry: Vec<usize> = Vec::new();
+
+        let handle = |this: &Self,
+                      pending: &mut VecDeque<Pending>,
+                      sigs: &mut HashMap<usize, Signature>,
+                      results: &mut Vec<Option<Result<(Meta, Meta), Error>>>,
+                      sent_meta: &mut Vec<Option<Meta>>,
+                      local_err: &mut Vec<Option<Error>>,
+                      retry: &mut Vec<usize>|
+         -> Result<(), Error> {
+            let Some(p) = pending.pop_front() else {
+                return Ok(());
+            };
+            let resp = this.conn.recv()?;
+            match (p, resp) {
+                (Pending::Sigs(i), Response::Sigs(s)) => {
+                    sigs.insert(i, s);
+                }
+                (Pending::Sigs(_), Response::Err { .. }) => {}
+                (Pending::Put(i, _), Response::Done(Some(m))) => {
+                    if let Some(l) = sent_meta[i].take() {
+                        results[i] = Some(Ok((l, m)));
+                    }
+                }
+                (Pending::Put(i, first), r @ Response::Err { .. }) => {
+                    if let Some(e) = local_err[i].take() {
+                        results[i] = Some(Err(e));
+                    } else if first
+                        && matches!(
+                            r,
+                            Response::Err {
+                                kind: ErrorKind::HashMismatch,
+                                ..
+                            }
+                        )
+                    {
+                        retry.push(i);
+                    } else {
+                        results[i] = Some(Err(this.conn.peer_error(r)));
+                    }
+                }
+                (_, other) => return Err(this.unexpected(&other, "file transfer")),
+            }
+            Ok(())
+        };
+
+        let indices: Vec<usize> = (0..n).collect();
+        for chunk in indices.chunks(WINDOW) {
+            for &i in chunk {
+                let it = &items[i];
+                if it.src.size >= DELTA_MIN
+                    && it
+                        .dest
+                        .as_ref()
+                        .is_some_and(|d| d.kind == Kind::File && d.size >= DELTA_MIN)
+                {
+                    self.conn.send(&Request::Sigs {
+                        path: it.path.clone(),
+                    })?;
+                    pending.push_back(Pending::Sigs(i));
+                }
+            }
+            while pending.iter().any(|p| matches!(p, Pending::Sigs(_))) {
+                handle(
+                    self,
+                    &mut pending,
+                    &mut sigs,
+                    &mut results,
+                    &mut sent_meta,
+                    &mut local_err,
+                    &mut retry,
+                )?;
+            }
+            for &i in chunk {
+                self.stream_put(
+                    &items[i],
+                    sigs.remove(&i),
+                    &mut sent_meta[i],
+                    &mut local_err[i],
+                    report,
+                )?;
+                pending.push_back(Pending::Put(i, true));
+                if let Some(p) = &opts.progress {
+                    p(&ProgressEvent::FileDone {
+                        bytes: items[i].src.size,
+                    });
+                }
+            }
+        }
+        while !pending.is_empty() {
+            handle(
+                self,
+                &mut pending,
+                &mut sigs,
+                &mut results,
+                &mut sent_meta,
+                &mut local_err,
+                &mut retry,
+            )?;
+        }
+        // A delta whose rebuilt file did not match: send those whole.
+        let again = std::mem::take(&mut retry);
+        for &i in &again {
+            self.stream_put(
+                &items[i],
+                None,
+                &mut sent_meta[i],
+                &mut local_err[i],
+                report,
+            )?;
+            pending.push_back(Pending::Put(i, false));
+        }
+        while !pending.is_empty() {
+            handle(
+                self,
+                &mut pending,
+                &mut sigs,
+                &mut results,
+                &mut sent_meta,
+                &mut local_err,
+                &mut retry,
+            )?;
+        }
+        Ok(results
+            .into_iter()
+            .zip(items)
+            .map(|(r, it)| {
+                r.unwrap_or_else(|| {
+                    Err(Error::Changed {
+                        path: show(&it.path),
+                    })
+                })
+            })
+            .collect())
+    }
+
+    fn stream_put(
+        &self,
+        it: &FileCopy,
+        sig: Option<Signature>,
+        sent_meta: &mut Option<Meta>,
+        local_err: &mut Option<Error>,
+        report: &mut Report,
+    ) -> Result<(), Error> {
+        let sig = sig.unwrap_or_default();
+        self.conn.send(&Request::PutBegin {
+            path: it.path.clone(),
+            expect: it.dest.clone(),
+            block_size: if sig.blocks.is_empty() {
+                0
+            } else {
+                sig.block_size
+            },
+            exec: it.src.exec,
+            mtime_ns: it.src.mtime_ns,
+        })?;
+        let mut batch: Vec<Op> = Vec::new();
+        let mut batch_bytes = 0usize;
+        let mut literal = 0u64;
+        let mut conn_err: Option<Error> = None;
+        let r = self.local.delta(&it.path, &sig, &mut |op| {
+            if let Op::Literal(d) = &op {
+                batch_bytes += d.len();
+                literal += d.len() as u64;
+            }
+            batch.push(op);
+            if batch_bytes >= OPS_BATCH_BYTES || batch.len() >= 4096 {
+                batch_bytes = 0;
+                if let Err(e) = self.conn.send(&Request::PutOps(std::mem::take(&mut batch))) {
+                    let msg = e.to_string();
+                    conn_err = Some(e);
+                    return Err(std::io::Error::other(msg));
+                }
+            }
+            Ok(())
+        });
+        if let Some(e) = conn_err {
+            return Err(e);
+        }
+        if !batch.is_empty() {
+            self.conn.send(&Request::PutOps(batch))?;
+        }
+        match r {
+            Ok((hash, meta)) if same(&meta, &it.src) => {
+                report.literal_bytes += literal;
+                report.matched_bytes += meta.size.saturating_sub(literal);
+                *sent_meta = Some(meta);
+                self.conn.send(&Request::PutEnd { hash })?;
+            }
+            Ok(_) => {
+                *local_err = Some(Error::Changed {
+                    path: show(&it.path),
+                });
+                // A wrong hash makes the server discard the temp file.
+                self.conn.send(&Request::PutEnd { hash: [0; 32] })?;
+            }
+            Err(e) => {
+                *local_err = Some(e);
+                self.conn.send(&Request::PutEnd { hash: [0; 32] })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn recv_files(
+        &self,
+        items: &[FileCopy],
+        opts: &SyncOptions,
+        report: &mut Report,
+    ) -> Result<Vec<Result<(Meta, Meta), Error>>, Error> {
+        let mut results: Vec<Result<(Meta, Meta), Error>> = Vec::with_capacity(items.len());
+        let mut retry = Vec::new();
+        for chunk in items.chunks(WINDOW) {
+            let mut block_sizes = Vec::with_capacity(chunk.len());
+            for it in chunk {
+                let sig = match &it.dest {
+                    Some(d)
+                        if d.kind == Kind::File
+                            && d.size >= DELTA_MIN
+                            && it.src.size >= DELTA_MIN =>
+                    {
+                        match self.local.signature(&it.path) {
+                            Ok((s, m)) if same(&m, d) => s,
+                            _ => Signature::default(),
+                        }
+                    }
+                    _ => Signature::default(),
+                };
+                block_sizes.push(if sig.blocks.is_empty() {
+                    0
+                } else {
+                    sig.block_size
+                });
+                self.conn.send(&Request::Delta {
+                    path: it.path.clone(),
+                    sig,
+                })?;
+            }
+            for (it, bs) in chunk.iter().zip(block_sizes) {
+                let r = self.recv_one(it, bs, report)?;
+                if let Some(p) = &opts.progress {
+                    p(&ProgressEvent::FileDone { bytes: it.src.size });
+                }
+                match r {
+                    Err(e) if crate::fsops::is_hash_mismatch(&e) => {
+                        retry.push(results.len());
+                        results.push(Err(e));
+                    }
+                    r => results.push(r),
+                }
+            }
+        }
+        for i in retry {
+            let it = &items[i];
+            self.conn.send(&Request::Delta {
+                path: it.path.clone(),
+                sig: Signature::default(),
+            })?;
+            results[i] = self.recv_one(it, 0, report)?;
+        }
+        Ok(results)
+    }
+
+    /// Receives one streamed delta into a local temp file. The outer error
+    /// is a broken connection; the inner one concerns this file only.
+    fn recv_one(
+        &self,
+        it: &FileCopy,
+        bs: u32,
+        report: &mut Report,
+    ) -> Result<Result<(Meta, Meta), Error>, Error> {
+        let mut put =
+            self.local
+                .begin_put(&it.path, it.dest.clone(), bs, it.src.exec, it.src.mtime_ns);
+        loop {
+            match self.conn.recv()? {
+                Response::DeltaOps(ops) => {
+                    if let Ok(p) = put.as_mut() {
+                        for op in &ops {
+                            if let Err(e) = p.apply(op) {
+                                put = Err(e);
+                                break;
+                            }
+                        }
+                    }
+                }
+                Response::DeltaEnd { hash, meta } => {
+                    let p = match put {
+                        Ok(p) => p,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    if !same(&meta, &it.src) {
+                        return Ok(Err(Error::Changed {
+                            path: show(&it.path),
+                        }));
+                    }
+                    let (written, copied) = p.counts();
+                    return Ok(p.finish(&hash).map(|m| {
+                        report.literal_bytes += written - copied;
+                        report.matched_bytes += copied;
+                        (m, meta)
+                    }));
+                }
+                r @ Response::Err { .. } => return Ok(Err(self.conn.peer_error(r))),
+                other => return Err(self.unexpected(&other, "file transfer")),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct FileCopy {
+    path: Vec<u8>,
+    src: Meta,
+    dest: Option<Meta>,
+}
+
+fn steps_touch(steps: &[Step], p: &[u8]) -> bool {
+    steps.iter().any(|s| match s {
+        Step::Copy { path, .. } | Step::Record { path, .. } => path == p,
+        _ => false,
+    })
+}
+
+/// A folder deletion on a side where something under it is kept becomes a
+/// re-creation of the folder on the other side (edit beats delete).
+fn keep_nonempty_dirs(steps: &mut [Step], local: &Tree, remote: &Tree) {
+    let mut deleting: BTreeSet<(Side, Vec<u8>)> = BTreeSet::new();
+    for st in steps.iter() {
+        if let Step::Delete { on, path, .. } = st {
+            deleting.insert((*on, path.clone()));
+        }
+    }
+    for st in steps.iter_mut() {
+        let Step::Delete { on, path, expect } = st else {
+            continue;
+        };
+        if expect.kind != Kind::Dir {
+            continue;
+        }
+        let tree = match on {
+            Side::Local => local,
+            Side::Remote => remote,
+        };
+        let mut prefix = path.clone();
+        prefix.push(b'/');
+        let kept = tree
+            .entries
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .any(|(k, _)| !deleting.contains(&(*on, k.clone())));
+        if kept {
+            *st = Step::Copy {
+                from: *on,
+                path: path.clone(),
+                src: expect.clone(),
+                dest: None,
+            };
+        }
+    }
+}
+
+/// Lists conflict copies under `root` (root-relative paths).
+pub fn list_conflicts(root: &Path) -> Result<Vec<PathBuf>, Error> {
+    let ex = Excludes::new(root, &[], false, true)?;
+    let (_, entries) = Root::new(root, false).scan(&ex)?;
+    Ok(entries
+        .into_iter()
+        .filter(|e| is_conflict_copy(&e.path))
+        .map(|e| {
+            PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&e.path))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_names() {
+        assert_eq!(
+            show(&conflict_name(
+                b"dir/notes.txt",
+                "20260101-120000",
+                "box.lan"
+            )),
+            "dir/notes.sync-conflict-20260101-120000-box_lan.txt"
+        );
+        assert_eq!(
+            show(&conflict_name(b".bashrc", "20260101-120000", "h")),
+            ".bashrc.sync-conflict-20260101-120000-h"
+        );
+        assert!(is_conflict_copy(&conflict_name(b"a/b", "x", "h")));
+        assert!(!is_conflict_copy(b"a.sync-conflict/b"));
+        let mut tree = BTreeMap::new();
+        let m = Meta {
+            kind: Kind::File,
+            size: 1,
+            mtime_ns: 1,
+            exec: false,
+            target: vec![],
+        };
+        tree.insert(conflict_name(b"d/n.txt", "1", "h"), m.clone());
+        tree.insert(conflict_name(b"d/n.txt", "2", "h"), m.clone());
+        tree.insert(b"d/n.txt".to_vec(), m);
+        assert_eq!(conflict_copies_of(b"d/n.txt", &tree), 2);
+    }
+}

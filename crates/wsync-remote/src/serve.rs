@@ -1,0 +1,389 @@
+//! The far side: `wsync serve --root PATH` answering requests on
+//! stdin/stdout (or any reader/writer pair).
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::Error;
+use crate::delta::Op;
+use crate::fsops::{Excludes, Put, Root, STATE_DIR, TMP_PREFIX};
+use crate::wire::{self, ErrorKind, FrameError, Preamble, Request, Response};
+
+/// How `serve` behaves.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// fsync files and folders on every write (keep on; off only for tests
+    /// of throughput on throwaway data).
+    pub fsync: bool,
+    /// How long change notices are collected before one is sent (watch).
+    pub notice_delay: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            fsync: true,
+            notice_delay: Duration::from_millis(15),
+        }
+    }
+}
+
+/// Ops are batched into frames of about this much literal data.
+const OPS_BATCH_BYTES: usize = 1024 * 1024;
+const OPS_BATCH_COUNT: usize = 4096;
+const SCAN_CHUNK: usize = 2000;
+
+/// The error category sent to the peer for a local error.
+#[must_use]
+pub fn error_kind(e: &Error) -> ErrorKind {
+    match e {
+        Error::UnsafePath { .. } => ErrorKind::Unsafe,
+        Error::Changed { .. } => ErrorKind::Changed,
+        Error::NotFound { .. } => ErrorKind::NotFound,
+        e if crate::fsops::is_hash_mismatch(e) => ErrorKind::HashMismatch,
+        _ => ErrorKind::Other,
+    }
+}
+
+fn err_response(path: &[u8], e: &Error) -> Response {
+    Response::Err {
+        kind: error_kind(e),
+        path: path.to_vec(),
+        message: e.to_string(),
+    }
+}
+
+fn frame_err(e: FrameError) -> Error {
+    Error::Frame {
+        peer: "client".into(),
+        source: e,
+    }
+}
+
+/// Serves `root` over `input`/`output` until the client closes the stream.
+///
+/// Writes the preamble and a `Hello`, checks the client's preamble, then
+/// answers requests in order. Errors about single paths are answered, not
+/// returned; only a broken connection or protocol ends the loop.
+pub fn serve<R: Read + Send + 'static, W: Write>(
+    root: &Path,
+    input: R,
+    output: W,
+    opts: &ServeOptions,
+) -> Result<(), Error> {
+    let root = Root::new(root, opts.fsync);
+    let mut out = BufWriter::with_capacity(256 * 1024, output);
+    let mut inp = BufReader::with_capacity(256 * 1024, input);
+    let io = |source| Error::Io {
+        path: "<stdio>".into(),
+        source,
+    };
+    wire::write_preamble(&mut out).map_err(io)?;
+    match wire::read_preamble(&mut inp).map_err(io)? {
+        Preamble::Version(v) if v == wire::PROTOCOL_VERSION => {}
+        Preamble::Version(v) => {
+            return Err(Error::Version {
+                peer: v,
+                ours: wire::PROTOCOL_VERSION,
+            });
+        }
+        Preamble::NotWsync => {
+            return Err(Error::NoHandshake {
+                peer: "client".into(),
+                detail: "the client did not send the wsync preamble".into(),
+            });
+        }
+    }
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    send(
+        &mut out,
+        &Response::Hello {
+            host,
+            root: std::os::unix::ffi::OsStrExt::as_bytes(root.path().as_os_str()).to_vec(),
+        },
+    )?;
+    out.flush().map_err(io)?;
+
+    let mut put: Option<Result<Put, Error>> = None;
+    let mut put_rel: Vec<u8> = Vec::new();
+    loop {
+        if inp.buffer().is_empty() {
+            out.flush().map_err(io)?;
+        }
+        let req: Request = match wire::read_msg(&mut inp) {
+            Ok((r, _)) => r,
+            Err(FrameError::Closed) => {
+                out.flush().map_err(io)?;
+                return Ok(());
+            }
+            Err(e) => return Err(frame_err(e)),
+        };
+        match req {
+            Request::Scan {
+                excludes,
+                include_vcs,
+            } => {
+                let scanned = Excludes::new(root.path(), &excludes, include_vcs, false)
+                    .and_then(|ex| root.scan(&ex));
+                match scanned {
+                    Ok((exists, entries)) => {
+                        for chunk in entries.chunks(SCAN_CHUNK) {
+                            send(&mut out, &Response::ScanChunk(chunk.to_vec()))?;
+                        }
+                        send(
+                            &mut out,
+                            &Response::ScanEnd {
+                                root_exists: exists,
+                            },
+                        )?;
+                    }
+                    Err(e) => send(&mut out, &err_response(b"", &e))?,
+                }
+            }
+            Request::Sigs { path } => {
+                let r = match root.signature(&path) {
+                    Ok((sig, _)) => Response::Sigs(sig),
+                    Err(e) => err_response(&path, &e),
+                };
+                send(&mut out, &r)?;
+            }
+            Request::Delta { path, sig } => {
+                let mut batch: Vec<Op> = Vec::new();
+                let mut batch_bytes = 0usize;
+                let mut sink_err: Option<Error> = None;
+                let result = root.delta(&path, &sig, &mut |op| {
+                    if let Op::Literal(d) = &op {
+                        batch_bytes += d.len();
+                    }
+                    batch.push(op);
+                    if batch_bytes >= OPS_BATCH_BYTES || batch.len() >= OPS_BATCH_COUNT {
+                        batch_bytes = 0;
+                        let ops = std::mem::take(&mut batch);
+                        if let Err(e) = send(&mut out, &Response::DeltaOps(ops)) {
+                            let msg = e.to_string();
+                            sink_err = Some(e);
+                            return Err(std::io::Error::other(msg));
+                        }
+                    }
+                    Ok(())
+                });
+                if let Some(e) = sink_err {
+                    return Err(e);
+                }
+                match result {
+                    Ok((hash, meta)) => {
+                        if !batch.is_empty() {
+                            send(&mut out, &Response::DeltaOps(batch))?;
+                        }
+                        send(&mut out, &Response::DeltaEnd { hash, meta })?;
+                    }
+                    Err(e) => send(&mut out, &err_response(&path, &e))?,
+                }
+            }
+            Request::PutBegin {
+                path,
+                expect,
+                block_size,
+                exec,
+                mtime_ns,
+            } => {
+                put = Some(root.begin_put(&path, expect, block_size, exec, mtime_ns));
+                put_rel = path;
+            }
+            Request::PutOps(ops) => {
+                if let Some(Ok(p)) = put.as_mut() {
+                    for op in &ops {
+                        if let Err(e) = p.apply(op) {
+                            put = Some(Err(e));
+                            break;
+                        }
+                    }
+                } else if put.is_none() {
+                    put = Some(Err(Error::Protocol {
+                        peer: "client".into(),
+                        what: "PutOps without PutBegin".into(),
+                    }));
+                }
+            }
+            Request::PutEnd { hash } => {
+                let r = match put.take() {
+                    Some(Ok(p)) => p.finish(&hash),
+                    Some(Err(e)) => Err(e),
+                    None => Err(Error::Protocol {
+                        peer: "client".into(),
+                        what: "PutEnd without PutBegin".into(),
+                    }),
+                };
+                let resp = match r {
+                    Ok(meta) => Response::Done(Some(meta)),
+                    Err(e) => err_response(&put_rel, &e),
+                };
+                send(&mut out, &resp)?;
+            }
+            Request::Mkdir { path, expect } => {
+                let r = root.mkdir(&path, expect.as_ref());
+                send(&mut out, &done(&path, r.map(Some)))?;
+            }
+            Request::Symlink {
+                path,
+                target,
+                expect,
+            } => {
+                let r = root.symlink(&path, &target, expect.as_ref());
+                send(&mut out, &done(&path, r.map(Some)))?;
+            }
+            Request::Delete { path, expect } => {
+                let r = root.delete(&path, &expect);
+                send(&mut out, &done(&path, r.map(|()| None)))?;
+            }
+            Request::Rename { from, to, expect } => {
+                let r = root.rename(&from, &to, &expect);
+                send(&mut out, &done(&from, r.map(Some)))?;
+            }
+            Request::SetMeta {
+                path,
+                expect,
+                exec,
+                mtime_ns,
+            } => {
+                let r = root.set_meta(&path, &expect, exec, mtime_ns);
+                send(&mut out, &done(&path, r.map(Some)))?;
+            }
+            Request::Hash { path } => {
+                let r = match root.hash(&path) {
+                    Ok(h) => Response::Hash(h),
+                    Err(e) => err_response(&path, &e),
+                };
+                send(&mut out, &r)?;
+            }
+            Request::StateGet { pair } => {
+                let r = match root.state_get(&pair) {
+                    Ok(s) => Response::State(s),
+                    Err(e) => err_response(pair.as_bytes(), &e),
+                };
+                send(&mut out, &r)?;
+            }
+            Request::StatePut { pair, data } => {
+                let r = root.state_put(&pair, &data);
+                send(&mut out, &done(pair.as_bytes(), r.map(|()| None)))?;
+            }
+            Request::Watch => {
+                out.flush().map_err(io)?;
+                return watch_loop(&root, inp, out, opts);
+            }
+        }
+    }
+}
+
+fn done(path: &[u8], r: Result<Option<wire::Meta>, Error>) -> Response {
+    match r {
+        Ok(m) => Response::Done(m),
+        Err(e) => err_response(path, &e),
+    }
+}
+
+fn send<W: Write>(out: &mut W, r: &Response) -> Result<(), Error> {
+    wire::write_msg(out, r).map(|_| ()).map_err(frame_err)
+}
+
+enum WatchMsg {
+    Event(notify::Result<notify::Event>),
+    ClientGone,
+}
+
+/// Sends a `Notice` whenever something under the root changes, until the
+/// client closes the connection.
+fn watch_loop<R: Read + Send + 'static, W: Write>(
+    root: &Root,
+    mut inp: BufReader<R>,
+    mut out: BufWriter<W>,
+    opts: &ServeOptions,
+) -> Result<(), Error> {
+    use notify::Watcher as _;
+    let (tx, rx) = mpsc::channel::<WatchMsg>();
+    let tx2 = tx.clone();
+    let mut watcher = notify::recommended_watcher(move |ev| {
+        let _ = tx2.send(WatchMsg::Event(ev));
+    })
+    .map_err(|source| Error::Watch {
+        path: root.path().to_path_buf(),
+        source,
+    })?;
+    if !root.exists() {
+        std::fs::create_dir_all(root.path()).map_err(|source| Error::Io {
+            path: root.path().to_path_buf(),
+            source,
+        })?;
+    }
+    watcher
+        .watch(root.path(), notify::RecursiveMode::Recursive)
+        .map_err(|source| Error::Watch {
+            path: root.path().to_path_buf(),
+            source,
+        })?;
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 4096];
+        loop {
+            match inp.read(&mut sink) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let _ = tx.send(WatchMsg::ClientGone);
+    });
+    let prefix = root.path().to_path_buf();
+    let mut pending: Vec<Vec<u8>> = Vec::new();
+    let mut rescan = false;
+    loop {
+        let msg = if pending.is_empty() && !rescan {
+            rx.recv().ok()
+        } else {
+            match rx.recv_timeout(opts.notice_delay) {
+                Ok(m) => Some(m),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let paths = if rescan {
+                        Vec::new()
+                    } else {
+                        std::mem::take(&mut pending)
+                    };
+                    pending.clear();
+                    rescan = false;
+                    send(&mut out, &Response::Notice(paths))?;
+                    out.flush().map_err(|source| Error::Io {
+                        path: "<stdout>".into(),
+                        source,
+                    })?;
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            }
+        };
+        match msg {
+            None | Some(WatchMsg::ClientGone) => return Ok(()),
+            Some(WatchMsg::Event(Ok(ev))) => {
+                if ev.need_rescan() {
+                    rescan = true;
+                }
+                for p in ev.paths {
+                    let Ok(rel) = p.strip_prefix(&prefix) else {
+                        continue;
+                    };
+                    let rel = std::os::unix::ffi::OsStrExt::as_bytes(rel.as_os_str()).to_vec();
+                    let name = rel.rsplit(|&b| b == b'/').next().unwrap_or(&rel);
+                    if rel.starts_with(STATE_DIR.as_bytes())
+                        && (rel.len() == STATE_DIR.len() || rel.get(STATE_DIR.len()) == Some(&b'/'))
+                        || name.starts_with(TMP_PREFIX.as_bytes())
+                    {
+                        continue;
+                    }
+                    if !pending.contains(&rel) && pending.len() < 10_000 {
+                        pending.push(rel);
+                    }
+                }
+            }
+            Some(WatchMsg::Event(Err(_))) => rescan = true,
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Real-time sync: watch both trees and run a sync round whenever either
+//! side changes; reconnect with backoff when the connection drops.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::Error;
+use crate::conn::{Conn, ConnectOptions, PeerSpec};
+use crate::engine::{Report, Session, SyncOptions};
+use crate::fsops::{STATE_DIR, TMP_PREFIX};
+use crate::wire::Response;
+
+/// How `watch` behaves.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// Options of every sync round.
+    pub sync: SyncOptions,
+    /// Quiet time after a change before a round starts.
+    pub debounce: Duration,
+    /// First reconnect delay (doubles up to `max_backoff`).
+    pub min_backoff: Duration,
+    /// Longest reconnect delay.
+    pub max_backoff: Duration,
+    /// A full round runs at least this often even without notices.
+    pub rescan_every: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        Self {
+            sync: SyncOptions::default(),
+            debounce: Duration::from_millis(10),
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+            rescan_every: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a watch round reports to the caller.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum WatchEvent<'a> {
+    /// A sync round finished.
+    Synced(&'a Report),
+    /// Connecting or a round failed; retrying after `retry_in`.
+    Disconnected {
+        /// The error.
+        error: &'a Error,
+        /// Delay before the next attempt.
+        retry_in: Duration,
+    },
+}
+
+enum Wake {
+    Local,
+    Remote,
+    RemoteGone,
+}
+
+fn interesting(root: &Path, p: &Path) -> bool {
+    let Ok(rel) = p.strip_prefix(root) else {
+        return true;
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(rel.as_os_str());
+    if bytes == STATE_DIR.as_bytes() || bytes.starts_with(format!("{STATE_DIR}/").as_bytes()) {
+        return false;
+    }
+    let name = bytes.rsplit(|&b| b == b'/').next().unwrap_or(bytes);
+    !name.starts_with(TMP_PREFIX.as_bytes())
+}
+
+/// Syncs `local` with `peer` now and after every change on either side,
+/// calling `on_event` after each round; returns when it answers
+/// `ControlFlow::Break`, or with an error that must halt (mass deletion).
+pub fn watch(
+    local: &Path,
+    peer: &PeerSpec,
+    copts: &ConnectOptions,
+    opts: &WatchOptions,
+    on_event: &mut dyn FnMut(WatchEvent<'_>) -> ControlFlow<()>,
+) -> Result<(), Error> {
+    use notify::Watcher as _;
+    let (tx, rx) = mpsc::channel::<Wake>();
+    let ltx = tx.clone();
+    let root = std::fs::canonicalize(local).unwrap_or_else(|_| local.to_path_buf());
+    let root2 = root.clone();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        let wake = match ev {
+            Ok(ev) => ev.need_rescan() || ev.paths.iter().any(|p| interesting(&root2, p)),
+            Err(_) => true,
+        };
+        if wake {
+            let _ = ltx.send(Wake::Local);
+        }
+    })
+    .map_err(|source| Error::Watch {
+        path: local.to_path_buf(),
+        source,
+    })?;
+    std::fs::create_dir_all(local).map_err(|source| Error::Io {
+        path: local.to_path_buf(),
+        source,
+    })?;
+    watcher
+        .watch(local, notify::RecursiveMode::Recursive)
+        .map_err(|source| Error::Watch {
+            path: local.to_path_buf(),
+            source,
+        })?;
+
+    let mut backoff = opts.min_backoff;
+    loop {
+        // Connect: one session for the work, one connection for notices.
+        let connected = Session::connect(local, peer, copts).and_then(|s| {
+            let w = Conn::connect_watch(peer, copts)?;
+            Ok((s, w))
+        });
+        let (mut session, notices) = match connected {
+            Ok(pair) => pair,
+            Err(e) => {
+                if on_event(WatchEvent::Disconnected {
+                    error: &e,
+                    retry_in: backoff,
+                })
+                .is_break()
+                {
+                    return Ok(());
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(opts.max_backoff);
+                continue;
+            }
+        };
+        let rtx = tx.clone();
+        std::thread::spawn(move || {
+            loop {
+                match notices.recv() {
+                    Ok(Response::Notice(_)) => {
+                        if rtx.send(Wake::Remote).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        let _ = rtx.send(Wake::RemoteGone);
+                        break;
+                    }
+                }
+            }
+        });
+        // Drop wakes from before this connection.
+        while rx.try_recv().is_ok() {}
+        let mut lost: Option<Error> = None;
+        loop {
+            match session.sync(&opts.sync) {
+                Ok(report) => {
+                    backoff = opts.min_backoff;
+                    if on_event(WatchEvent::Synced(&report)).is_break() {
+                        return session.close();
+                    }
+                }
+                Err(e) if e.is_connection() => {
+                    lost = Some(e);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+            // Wait for a change on either side (or the periodic rescan).
+            let deadline = Instant::now() + opts.rescan_every;
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Wake::RemoteGone) => {
+                    lost = Some(Error::Protocol {
+                        peer: session.conn().peer().to_owned(),
+                        what: "the watch connection closed".into(),
+                    });
+                    break;
+                }
+                Ok(Wake::Local | Wake::Remote) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            // Coalesce a burst of events.
+            std::thread::sleep(opts.debounce);
+            while let Ok(w) = rx.try_recv() {
+                if matches!(w, Wake::RemoteGone) {
+                    lost = Some(Error::Protocol {
+                        peer: session.conn().peer().to_owned(),
+                        what: "the watch connection closed".into(),
+                    });
+                }
+            }
+            if lost.is_some() {
+                break;
+            }
+        }
+        drop(session);
+        if let Some(e) = lost {
+            if on_event(WatchEvent::Disconnected {
+                error: &e,
+                retry_in: backoff,
+            })
+            .is_break()
+            {
+                return Ok(());
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(opts.max_backoff);
+        }
+    }
+}
