@@ -1,0 +1,520 @@
+//! Capturing the working state as git objects, in O(changed).
+//!
+//! The real index file is read into a separate in-memory `Index` that is
+//! never written back. Its tree (with the index's tree cache, only changed
+//! folders are re-hashed) becomes the index commit. libgit2's index-to-workdir
+//! diff, which trusts the index's stat data and only hashes files whose stat
+//! changed, lists what differs; exactly those files are read (streamed for
+//! large files) and put into the in-memory index, whose tree is then the
+//! whole working tree.
+
+use std::collections::BTreeSet;
+use std::fs::{File, Metadata};
+use std::io::{Read as _, Write};
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chrono::Utc;
+use git2::{
+    Commit, Delta, DiffFormat, DiffOptions, ErrorCode, Index, IndexEntry, IndexTime, ObjectType,
+    Oid, Repository, Signature, Tree,
+};
+
+use crate::fsutil::{self, git_path};
+use crate::{
+    CaptureOptions, Error, REF_PREFIX, Result, Snapshot, SnapshotMeta, SnapshotStore, git_err,
+    io_err,
+};
+
+/// Files up to this size are read into memory; larger ones are streamed.
+const SMALL_FILE: u64 = 1 << 20;
+/// How many times a file that changes while being read is re-read.
+const MAX_ATTEMPTS: u32 = 25;
+/// A file changed more recently than this may be mid-write (e.g. truncated
+/// but not yet written): wait until it is this old before trusting a read.
+const SETTLE: Duration = Duration::from_millis(3);
+
+/// HEAD's commit (None when unborn) and the branch it names (None when
+/// detached).
+pub(crate) fn head_of(repo: &Repository) -> Result<(Option<Commit<'_>>, Option<String>)> {
+    let path = repo.path().to_path_buf();
+    match repo.head() {
+        Ok(r) => {
+            let commit = r
+                .peel_to_commit()
+                .map_err(git_err(&path, "cannot resolve HEAD"))?;
+            let branch = if r.is_branch() {
+                r.name().map(str::to_owned)
+            } else {
+                None
+            };
+            Ok((Some(commit), branch))
+        }
+        Err(e) if matches!(e.code(), ErrorCode::UnbornBranch | ErrorCode::NotFound) => {
+            let head = repo
+                .find_reference("HEAD")
+                .map_err(git_err(&path, "cannot read HEAD"))?;
+            Ok((None, head.symbolic_target().map(str::to_owned)))
+        }
+        Err(e) => Err(Error::Git {
+            path,
+            what: "cannot read HEAD".into(),
+            source: e,
+        }),
+    }
+}
+
+/// Replaces conflicted stages by stage 0 entries ("ours", else "theirs"),
+/// returning the conflicted paths. The working file, captured separately,
+/// keeps the conflict markers.
+fn resolve_conflicts(index: &mut Index, index_path: &Path) -> Result<Vec<String>> {
+    if !index.has_conflicts() {
+        return Ok(Vec::new());
+    }
+    let err = |what: &str| git_err(index_path, what.to_owned());
+    let conflicts: Vec<_> = index
+        .conflicts()
+        .map_err(err("cannot read conflicts"))?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(err("cannot read conflicts"))?;
+    let mut paths = Vec::new();
+    for c in conflicts {
+        let Some(any) = c.our.as_ref().or(c.their.as_ref()).or(c.ancestor.as_ref()) else {
+            continue;
+        };
+        let path = any.path.clone();
+        index
+            .conflict_remove(git_path(&path))
+            .map_err(err("cannot resolve a conflict in memory"))?;
+        if let Some(mut keep) = c.our.or(c.their) {
+            keep.flags &= !0x3000; // the stage bits
+            index.add(&keep).map_err(err("cannot resolve a conflict in memory"))?;
+        }
+        paths.push(String::from_utf8_lossy(&path).into_owned());
+    }
+    Ok(paths)
+}
+
+/// The signature of snapshot commits: the repository's identity if it has
+/// one, else a fixed one.
+fn signature(repo: &Repository) -> Result<Signature<'static>> {
+    repo.signature()
+        .or_else(|_| Signature::now("wsync", "wsync@localhost"))
+        .map_err(git_err(repo.path(), "cannot make a signature"))
+}
+
+pub(crate) fn capture(
+    store: &SnapshotStore,
+    repo: &Repository,
+    opts: &CaptureOptions,
+) -> Result<Snapshot> {
+    let now = Utc::now();
+    let gitdir = repo.path().to_path_buf();
+    let (head, head_ref) = head_of(repo)?;
+    let index_path = gitdir.join("index");
+    let mut index =
+        Index::open(&index_path).map_err(git_err(&index_path, "cannot read the index"))?;
+    let conflicted = resolve_conflicts(&mut index, &index_path)?;
+    let index_tree_id = index
+        .write_tree_to(repo)
+        .map_err(git_err(&index_path, "cannot write the index tree"))?;
+    let filemode = repo
+        .config()
+        .and_then(|c| c.get_bool("core.filemode"))
+        .unwrap_or(true);
+
+    // What differs between the index and the working tree.
+    let mut changed: Vec<(Delta, Vec<u8>, u32)> = Vec::new();
+    {
+        let mut o = DiffOptions::new();
+        o.include_untracked(true)
+            .recurse_untracked_dirs(true)
+            .include_typechange(true)
+            .ignore_submodules(true)
+            .skip_binary_check(true);
+        let diff = repo
+            .diff_index_to_workdir(Some(&index), Some(&mut o))
+            .map_err(git_err(&store.workspace, "cannot compare the index with the work tree"))?;
+        for d in diff.deltas() {
+            let file = if d.status() == Delta::Deleted {
+                d.old_file()
+            } else {
+                d.new_file()
+            };
+            if let Some(p) = file.path_bytes() {
+                changed.push((d.status(), p.to_vec(), u32::from(d.old_file().mode())));
+            }
+        }
+    }
+    let mut status_paths: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for (status, path, old_mode) in changed {
+        let rel = git_path(&path);
+        let entry = match status {
+            Delta::Deleted => None,
+            Delta::Added
+            | Delta::Untracked
+            | Delta::Modified
+            | Delta::Typechange
+            | Delta::Conflicted
+            | Delta::Renamed
+            | Delta::Copied => {
+                read_entry(repo, &store.workspace.join(rel), &path, filemode, old_mode)?
+            }
+            _ => continue,
+        };
+        match entry {
+            Some(e) => index.add(&e),
+            None => index.remove_path(rel),
+        }
+        .map_err(git_err(store.workspace.join(rel), "cannot stage in memory"))?;
+        status_paths.insert(path);
+    }
+    let work_tree_id = index
+        .write_tree_to(repo)
+        .map_err(git_err(&gitdir, "cannot write the work tree"))?;
+
+    let find_tree = |id: Oid| {
+        repo.find_tree(id)
+            .map_err(git_err(&gitdir, format!("cannot read tree {id}")))
+    };
+    let index_tree = find_tree(index_tree_id)?;
+    let work_tree = find_tree(work_tree_id)?;
+    let head_tree = match &head {
+        Some(c) => Some(
+            c.tree()
+                .map_err(git_err(&gitdir, "cannot read HEAD's tree"))?,
+        ),
+        None => None,
+    };
+    // Staged changes count too, like `git status --porcelain`.
+    {
+        let d = repo
+            .diff_tree_to_tree(head_tree.as_ref(), Some(&index_tree), None)
+            .map_err(git_err(&gitdir, "cannot compare HEAD with the index"))?;
+        for delta in d.deltas() {
+            if let Some(p) = delta.new_file().path_bytes() {
+                status_paths.insert(p.to_vec());
+            }
+        }
+    }
+
+    let sig = signature(repo)?;
+    let commit_err = || git_err(&gitdir, "cannot write a snapshot commit");
+    let head_parents: Vec<&Commit<'_>> = head.iter().collect();
+    let index_commit_id = repo
+        .commit(
+            None,
+            &sig,
+            &sig,
+            &format!("wsync index at capture: {}", opts.reason),
+            &index_tree,
+            &head_parents,
+        )
+        .map_err(commit_err())?;
+    let index_commit = repo.find_commit(index_commit_id).map_err(commit_err())?;
+    let mut parents = head_parents;
+    parents.push(&index_commit);
+    let commit_id = repo
+        .commit(
+            None,
+            &sig,
+            &sig,
+            &format!(
+                "wsync snapshot: {}\n\nautonomous writers: {}\n",
+                opts.reason, opts.autonomous_status
+            ),
+            &work_tree,
+            &parents,
+        )
+        .map_err(commit_err())?;
+
+    // Reserve an id by creating its ref (atomic, fails if it exists).
+    let base = format!("sync_{}_{}", now.format("%Y%m%d_%H%M%S"), std::process::id());
+    let mut n = 1u32;
+    let id = loop {
+        let id = if n == 1 {
+            base.clone()
+        } else {
+            format!("{base}_{n}")
+        };
+        n += 1;
+        if store.file(&id, "meta").exists() {
+            continue;
+        }
+        let refname = format!("{REF_PREFIX}{id}");
+        match repo.reference(&refname, commit_id, false, &format!("wsync snapshot {id}")) {
+            Ok(_) => break id,
+            Err(e) if e.code() == ErrorCode::Exists && n < 100_000 => {}
+            Err(e) => {
+                return Err(Error::Git {
+                    path: gitdir.join(&refname),
+                    what: "cannot create the snapshot ref".into(),
+                    source: e,
+                });
+            }
+        }
+    };
+    let snapshot_ref = format!("{REF_PREFIX}{id}");
+
+    fsutil::create_dir(&store.dir)?;
+    let diff_path = store.file(&id, "diff");
+    write_patch_file(repo, head_tree.as_ref(), &work_tree, &diff_path)?;
+    if opts.bundle {
+        crate::manage::create_bundle(store, repo, &id)?;
+    }
+    let meta = SnapshotMeta {
+        snapshot_id: id.clone(),
+        timestamp: now,
+        git_commit: head.as_ref().map(|c| c.id().to_string()),
+        git_status_files: status_paths.len(),
+        autonomous_status: opts.autonomous_status.clone(),
+        reason: opts.reason.clone(),
+        snapshot_ref,
+        snapshot_commit: commit_id.to_string(),
+        index_commit: index_commit_id.to_string(),
+        head_ref,
+        bundle: opts.bundle,
+        conflicted,
+    };
+    let meta_path = store.file(&id, "meta");
+    let bytes = serde_json::to_vec_pretty(&meta).map_err(|e| Error::Io {
+        path: meta_path.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    fsutil::write_atomic(&meta_path, &bytes)?;
+    fsutil::sync_dir(&store.dir)?;
+    Ok(Snapshot {
+        id,
+        commit: commit_id.to_string(),
+        meta,
+    })
+}
+
+/// Writes the unified patch `old → new` to `path` (temp + fsync + rename).
+pub(crate) fn write_patch_file(
+    repo: &Repository,
+    old: Option<&Tree<'_>>,
+    new: &Tree<'_>,
+    path: &Path,
+) -> Result<()> {
+    let tmp = fsutil::temp_beside(path);
+    let res = (|| {
+        let file = File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut out = std::io::BufWriter::new(file);
+        write_patch(repo, old, new, &mut out, path)?;
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::Io {
+                path: tmp.clone(),
+                source: e.into_error(),
+            })?;
+        file.sync_all().map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io_err(path))
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// Prints the unified patch `old → new` (binaries marked, not inlined).
+pub(crate) fn write_patch(
+    repo: &Repository,
+    old: Option<&Tree<'_>>,
+    new: &Tree<'_>,
+    out: &mut dyn Write,
+    what: &Path,
+) -> Result<()> {
+    let mut o = DiffOptions::new();
+    o.include_typechange(true);
+    let diff = repo
+        .diff_tree_to_tree(old, Some(new), Some(&mut o))
+        .map_err(git_err(what, "cannot compute the patch"))?;
+    let mut io_error = None;
+    let printed = diff.print(DiffFormat::Patch, |_delta, _hunk, line| {
+        let origin = line.origin();
+        let res = if matches!(origin, '+' | '-' | ' ') {
+            out.write_all(&[origin as u8])
+                .and_then(|()| out.write_all(line.content()))
+        } else {
+            out.write_all(line.content())
+        };
+        match res {
+            Ok(()) => true,
+            Err(e) => {
+                io_error = Some(e);
+                false
+            }
+        }
+    });
+    if let Some(source) = io_error {
+        return Err(Error::Io {
+            path: what.to_path_buf(),
+            source,
+        });
+    }
+    printed.map_err(git_err(what, "cannot print the patch"))?;
+    out.flush().map_err(io_err(what))
+}
+
+/// Reads one working file (or symlink) into a blob and an index entry.
+/// `None` when it vanished or is not a file (e.g. a nested repository).
+///
+/// A file is trusted only when its stat data is identical before and after
+/// reading it through one open handle, and it is older than [`SETTLE`]
+/// (so an in-place rewrite that truncated it but has not written it yet is
+/// waited out). A file replaced by rename is read whole through the handle.
+fn read_entry(
+    repo: &Repository,
+    abs: &Path,
+    rel: &[u8],
+    filemode: bool,
+    old_mode: u32,
+) -> Result<Option<IndexEntry>> {
+    for attempt in 1..=MAX_ATTEMPTS {
+        let meta = match std::fs::symlink_metadata(abs) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(Error::Io { path: abs.into(), source }),
+        };
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            let target = match std::fs::read_link(abs) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => continue,
+                Err(source) => return Err(Error::Io { path: abs.into(), source }),
+            };
+            match std::fs::symlink_metadata(abs) {
+                Ok(again) if same_stat(&meta, &again) => {}
+                _ => continue,
+            }
+            let oid = repo
+                .blob(target.as_os_str().as_bytes())
+                .map_err(git_err(abs, "cannot store the symlink"))?;
+            return Ok(Some(index_entry(&meta, 0o120_000, oid, rel)));
+        }
+        if !ft.is_file() {
+            return Ok(None);
+        }
+        let mut file = match File::open(abs) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(Error::Io { path: abs.into(), source }),
+        };
+        let before = file.metadata().map_err(io_err(abs))?;
+        if !before.is_file() {
+            continue;
+        }
+        let age = age_of(&before);
+        if age < SETTLE && attempt < MAX_ATTEMPTS {
+            std::thread::sleep(SETTLE - age);
+            continue;
+        }
+        let Some(oid) = write_blob(repo, &mut file, before.len(), abs)? else {
+            continue;
+        };
+        let after = file.metadata().map_err(io_err(abs))?;
+        if !same_stat(&before, &after) {
+            continue;
+        }
+        let exec = if filemode {
+            before.mode() & 0o100 != 0
+        } else {
+            old_mode == 0o100_755
+        };
+        let mode = if exec { 0o100_755 } else { 0o100_644 };
+        return Ok(Some(index_entry(&before, mode, oid, rel)));
+    }
+    Err(Error::Unstable {
+        path: abs.to_path_buf(),
+        attempts: MAX_ATTEMPTS,
+    })
+}
+
+/// Writes exactly `len` bytes of `file` as a blob; `None` if the file's
+/// length was not `len` (it changed while being read).
+fn write_blob(repo: &Repository, file: &mut File, len: u64, abs: &Path) -> Result<Option<Oid>> {
+    if len <= SMALL_FILE {
+        let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0) + 1);
+        std::io::Read::by_ref(file)
+            .take(len + 1)
+            .read_to_end(&mut buf)
+            .map_err(io_err(abs))?;
+        if buf.len() as u64 != len {
+            return Ok(None);
+        }
+        return repo
+            .blob(&buf)
+            .map(Some)
+            .map_err(git_err(abs, "cannot store the file"));
+    }
+    let odb = repo.odb().map_err(git_err(abs, "cannot open the object database"))?;
+    let size = usize::try_from(len).map_err(|_| Error::Io {
+        path: abs.into(),
+        source: std::io::Error::other("file too large for this platform"),
+    })?;
+    let mut writer = odb
+        .writer(size, ObjectType::Blob)
+        .map_err(git_err(abs, "cannot store the file"))?;
+    let copied = std::io::copy(&mut std::io::Read::by_ref(file).take(len), &mut writer).map_err(io_err(abs))?;
+    let mut probe = [0u8; 1];
+    if copied != len || file.read(&mut probe).map_err(io_err(abs))? != 0 {
+        return Ok(None);
+    }
+    writer
+        .finalize()
+        .map(Some)
+        .map_err(git_err(abs, "cannot store the file"))
+}
+
+fn same_stat(a: &Metadata, b: &Metadata) -> bool {
+    a.len() == b.len()
+        && a.ino() == b.ino()
+        && a.dev() == b.dev()
+        && a.mtime() == b.mtime()
+        && a.mtime_nsec() == b.mtime_nsec()
+        && a.ctime() == b.ctime()
+        && a.ctime_nsec() == b.ctime_nsec()
+        && a.mode() == b.mode()
+}
+
+/// How long ago the file last changed (content or inode); a time in the
+/// future by more than a second (clock skew) counts as long ago.
+fn age_of(m: &Metadata) -> Duration {
+    let to_dur = |s: i64, ns: i64| {
+        Duration::new(
+            u64::try_from(s).unwrap_or(0),
+            u32::try_from(ns).unwrap_or(0),
+        )
+    };
+    let changed = to_dur(m.mtime(), m.mtime_nsec()).max(to_dur(m.ctime(), m.ctime_nsec()));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    if changed > now + Duration::from_secs(1) {
+        return Duration::MAX;
+    }
+    now.saturating_sub(changed)
+}
+
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn index_entry(m: &Metadata, mode: u32, id: Oid, path: &[u8]) -> IndexEntry {
+    // The index format stores 32-bit stat fields; truncation is what git does.
+    IndexEntry {
+        ctime: IndexTime::new(m.ctime() as i32, m.ctime_nsec() as u32),
+        mtime: IndexTime::new(m.mtime() as i32, m.mtime_nsec() as u32),
+        dev: m.dev() as u32,
+        ino: m.ino() as u32,
+        mode,
+        uid: m.uid(),
+        gid: m.gid(),
+        file_size: m.len() as u32,
+        id,
+        flags: 0,
+        flags_extended: 0,
+        path: path.to_vec(),
+    }
+}
