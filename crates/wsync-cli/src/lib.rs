@@ -80,6 +80,10 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Sync a folder with another machine over SSH (push, pull, sync, watch).
+    Remote(cmd::remote::RemoteArgs),
+    /// Answer a `wsync remote` peer on stdin/stdout (run by ssh on the far side).
+    Serve(cmd::remote::ServeArgs),
 }
 
 /// Parses the process arguments, runs the command and returns its exit code.
@@ -139,5 +143,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
     match &cli.command {
         Command::Completions { shell } => cmd::completions::run(*shell),
         Command::Init => cmd::init::run(&ctx()?),
+        Command::Remote(args) => cmd::remote::run(&ctx()?, args),
+        Command::Serve(args) => cmd::remote::run_serve(args),
     }
 }

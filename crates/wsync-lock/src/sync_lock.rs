@@ -254,12 +254,12 @@ impl SyncLock {
         match file.try_lock() {
             Ok(()) => {
                 let bytes = read_all(&file).at(&self.path)?;
-                if is_blank(&bytes) {
+                if bytes.is_empty() {
                     return Ok(LockStatus::Free);
                 }
-                let stale = stale_status(&self.path, &bytes);
+                let status = stale_status(&self.path, &bytes);
                 file.set_len(0).at(&self.path)?;
-                Ok(stale)
+                Ok(status)
             }
             Err(TryLockError::Error(e)) => Err(e).at(&self.path),
             Err(TryLockError::WouldBlock) => self.read_held_record(&file),
