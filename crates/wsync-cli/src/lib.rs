@@ -84,6 +84,10 @@ pub enum Command {
     Remote(cmd::remote::RemoteArgs),
     /// Answer a `wsync remote` peer on stdin/stdout (run by ssh on the far side).
     Serve(cmd::remote::ServeArgs),
+    /// Sync a folder with another machine over SSH (push, pull, sync, watch).
+    Remote(cmd::remote::RemoteArgs),
+    /// Answer a `wsync remote` peer on stdin/stdout (run by ssh on the far side).
+    Serve(cmd::remote::ServeArgs),
 }
 
 /// Parses the process arguments, runs the command and returns its exit code.
@@ -143,6 +147,8 @@ fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
     match &cli.command {
         Command::Completions { shell } => cmd::completions::run(*shell),
         Command::Init => cmd::init::run(&ctx()?),
+        Command::Remote(args) => cmd::remote::run(&ctx()?, args),
+        Command::Serve(args) => cmd::remote::run_serve(args),
         Command::Remote(args) => cmd::remote::run(&ctx()?, args),
         Command::Serve(args) => cmd::remote::run_serve(args),
     }

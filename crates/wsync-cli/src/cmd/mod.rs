@@ -3,3 +3,4 @@
 pub mod completions;
 pub mod init;
 pub mod remote;
+pub mod remote;

@@ -1,0 +1,302 @@
+//! `wsync remote push|pull|sync|watch|conflicts` and the `wsync serve`
+//! endpoint the other side runs.
+
+use std::io::IsTerminal as _;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand};
+use wsync_remote::serve::ServeOptions;
+use wsync_remote::watch::WatchEvent;
+use wsync_remote::{ConnectOptions, PeerSpec, Report, Session, SyncOptions, WatchOptions};
+
+use crate::Ctx;
+use crate::exit;
+
+/// `wsync serve`: answer a `wsync remote` peer on stdin/stdout.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The tree to serve (created on the first write).
+    #[arg(long, value_name = "PATH")]
+    pub root: PathBuf,
+    /// Skip fsync (throwaway data and benchmarks only).
+    #[arg(long, hide = true)]
+    pub no_fsync: bool,
+}
+
+/// `wsync remote`: sync a folder with another machine over SSH.
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: RemoteCommand,
+}
+
+/// The `remote` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RemoteCommand {
+    /// Copy LOCAL to PEER (one way; `--delete` removes extras on PEER).
+    Push(TransferArgs),
+    /// Copy PEER to LOCAL (one way; `--delete` removes extras in LOCAL).
+    Pull(TransferArgs),
+    /// Two-way sync against the last synced state; conflicts keep both versions.
+    Sync(TransferArgs),
+    /// Sync now and after every change on either side, until interrupted.
+    Watch(TransferArgs),
+    /// List conflict copies under LOCAL.
+    Conflicts {
+        /// The local folder.
+        local: PathBuf,
+    },
+}
+
+/// Options of push, pull, sync and watch.
+#[derive(Debug, Args)]
+pub struct TransferArgs {
+    /// The local folder.
+    pub local: PathBuf,
+    /// `[USER@]HOST:PATH` (over ssh) or a plain PATH (a local peer).
+    pub peer: String,
+    /// Print the plan; change nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Exclude paths matching PATTERN (gitignore syntax; repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Also sync VCS folders (.git, .hg, .svn, .jj).
+    #[arg(long)]
+    pub include_vcs: bool,
+    /// Remote shell command (default `ssh -o BatchMode=yes`), like rsync -e.
+    #[arg(long, short = 'e', value_name = "CMD")]
+    pub rsh: Option<String>,
+    /// The wsync program on the remote host (default `wsync`).
+    #[arg(long, value_name = "PATH")]
+    pub remote_wsync: Option<String>,
+    /// push/pull: delete files on the receiver that the sender does not have.
+    #[arg(long)]
+    pub delete: bool,
+    /// Print a summary (files, bytes sent/received, literal vs matched).
+    #[arg(long)]
+    pub stats: bool,
+    /// Allow a missing or emptied root to propagate deletions.
+    #[arg(long)]
+    pub allow_mass_delete: bool,
+    /// Skip fsync on both sides (throwaway data and benchmarks only).
+    #[arg(long, hide = true)]
+    pub no_fsync: bool,
+}
+
+/// Runs `wsync serve` on stdin/stdout.
+pub fn run_serve(args: &ServeArgs) -> Result<u8> {
+    let opts = ServeOptions {
+        fsync: !args.no_fsync,
+        ..ServeOptions::default()
+    };
+    wsync_remote::serve::serve(&args.root, std::io::stdin(), std::io::stdout(), &opts)
+        .with_context(|| format!("serving {}", args.root.display()))?;
+    Ok(exit::SUCCESS)
+}
+
+/// Runs a `wsync remote` subcommand.
+pub fn run(ctx: &Ctx, args: &RemoteArgs) -> Result<u8> {
+    match &args.command {
+        RemoteCommand::Push(t) => transfer(ctx, t, Mode::Push),
+        RemoteCommand::Pull(t) => transfer(ctx, t, Mode::Pull),
+        RemoteCommand::Sync(t) => transfer(ctx, t, Mode::Sync),
+        RemoteCommand::Watch(t) => watch(ctx, t),
+        RemoteCommand::Conflicts { local } => {
+            let list = wsync_remote::list_conflicts(local)
+                .with_context(|| format!("listing conflicts in {}", local.display()))?;
+            let shown: Vec<String> = list.iter().map(|p| p.display().to_string()).collect();
+            ctx.emit(&serde_json::json!({ "conflicts": shown }), || {
+                if shown.is_empty() {
+                    "no conflict copies\n".into()
+                } else {
+                    shown.iter().map(|s| format!("{s}\n")).collect()
+                }
+            })?;
+            Ok(if list.is_empty() {
+                exit::SUCCESS
+            } else {
+                exit::CONFLICTS
+            })
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Push,
+    Pull,
+    Sync,
+}
+
+fn connect_options(t: &TransferArgs) -> Result<ConnectOptions> {
+    Ok(ConnectOptions {
+        rsh: t.rsh.clone(),
+        remote_wsync: t.remote_wsync.clone(),
+        local_wsync: Some(std::env::current_exe().context("cannot find the wsync executable")?),
+        serve_args: if t.no_fsync {
+            vec!["--no-fsync".into()]
+        } else {
+            Vec::new()
+        },
+    })
+}
+
+fn sync_options(ctx: &Ctx, t: &TransferArgs) -> SyncOptions {
+    let mut opts = SyncOptions {
+        dry_run: t.dry_run,
+        excludes: t.exclude.clone(),
+        include_vcs: t.include_vcs,
+        delete: t.delete,
+        allow_mass_delete: t.allow_mass_delete,
+        ..SyncOptions::default()
+    };
+    if !ctx.quiet && !ctx.json && std::io::stderr().is_terminal() && !t.dry_run {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        opts.progress = Some(Arc::new(move |ev| match ev {
+            wsync_remote::ProgressEvent::Planned { bytes, .. } => bar.set_length(*bytes),
+            wsync_remote::ProgressEvent::FileDone { bytes } => {
+                bar.inc(*bytes);
+                if bar.position() >= bar.length().unwrap_or(0) {
+                    bar.finish_and_clear();
+                }
+            }
+            _ => {}
+        }));
+    }
+    opts
+}
+
+fn transfer(ctx: &Ctx, t: &TransferArgs, mode: Mode) -> Result<u8> {
+    let peer = PeerSpec::parse(&t.peer)?;
+    if t.delete && matches!(mode, Mode::Sync) {
+        bail!("--delete applies to push and pull; sync propagates deletions by itself");
+    }
+    if matches!(mode, Mode::Push) && !t.local.is_dir() {
+        bail!("local folder {} does not exist", t.local.display());
+    }
+    let copts = connect_options(t)?;
+    let opts = sync_options(ctx, t);
+    let mut session = Session::connect(&t.local, &peer, &copts)
+        .with_context(|| format!("connecting to {}", t.peer))?;
+    if t.no_fsync {
+        session.set_fsync(false);
+    }
+    let report = match mode {
+        Mode::Push => session.push(&opts),
+        Mode::Pull => session.pull(&opts),
+        Mode::Sync => session.sync(&opts),
+    }
+    .with_context(|| format!("syncing {} with {}", t.local.display(), t.peer))?;
+    session.close().context("closing the connection")?;
+    print_report(ctx, t, &report)?;
+    Ok(code_for(&report))
+}
+
+fn code_for(report: &Report) -> u8 {
+    if !report.errors.is_empty() {
+        exit::ERROR
+    } else if !report.conflicts.is_empty() || !report.unresolved.is_empty() {
+        exit::CONFLICTS
+    } else {
+        exit::SUCCESS
+    }
+}
+
+fn print_report(ctx: &Ctx, t: &TransferArgs, report: &Report) -> Result<()> {
+    for e in &report.errors {
+        ctx.warn(e);
+    }
+    ctx.emit(report, || {
+        let mut out = String::new();
+        if report.dry_run {
+            for item in &report.plan {
+                match &item.detail {
+                    Some(d) => out.push_str(&format!("{} {} -> {d}\n", item.action, item.path)),
+                    None => out.push_str(&format!("{} {}\n", item.action, item.path)),
+                }
+            }
+            out.push_str(&format!("(dry run: {} actions)\n", report.plan.len()));
+        }
+        for c in &report.conflicts {
+            out.push_str(&format!("conflict: {} (other version kept as {})\n", c.path, c.copy));
+        }
+        for u in &report.unresolved {
+            out.push_str(&format!("unresolved conflict: {u}\n"));
+        }
+        if t.stats {
+            out.push_str(&format!(
+                "files: {} sent, {} received, {} deleted, {} folders created, {} unchanged\n\
+                 bytes: {} sent, {} received; content {} literal, {} matched\n",
+                report.files_sent,
+                report.files_received,
+                report.deleted,
+                report.dirs_created,
+                report.unchanged,
+                report.bytes_sent,
+                report.bytes_received,
+                report.literal_bytes,
+                report.matched_bytes
+            ));
+        }
+        out
+    })
+}
+
+fn watch(ctx: &Ctx, t: &TransferArgs) -> Result<u8> {
+    let peer = PeerSpec::parse(&t.peer)?;
+    let copts = connect_options(t)?;
+    let mut sync = sync_options(ctx, t);
+    sync.progress = None;
+    let opts = WatchOptions {
+        sync,
+        ..WatchOptions::default()
+    };
+    ctx.say(format!(
+        "watching {} <-> {} (Ctrl-C to stop)",
+        t.local.display(),
+        t.peer
+    ));
+    wsync_remote::watch(&t.local, &peer, &copts, &opts, &mut |ev| {
+        match ev {
+            WatchEvent::Synced(r) => {
+                for e in &r.errors {
+                    ctx.warn(e);
+                }
+                let changes = r.files_sent + r.files_received + r.deleted + r.dirs_created;
+                if changes > 0 || !r.conflicts.is_empty() {
+                    if ctx.json {
+                        if let Ok(line) = serde_json::to_string(r) {
+                            println!("{line}");
+                        }
+                    } else {
+                        ctx.say(format!(
+                            "synced: {} sent, {} received, {} deleted, {} conflicts",
+                            r.files_sent,
+                            r.files_received,
+                            r.deleted,
+                            r.conflicts.len()
+                        ));
+                    }
+                }
+            }
+            WatchEvent::Disconnected { error, retry_in } => {
+                ctx.warn(format!("{error}; retrying in {retry_in:?}"));
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    })
+    .with_context(|| format!("watching {} with {}", t.local.display(), t.peer))?;
+    Ok(exit::SUCCESS)
+}
