@@ -84,6 +84,10 @@ pub enum Command {
     Remote(cmd::remote::RemoteArgs),
     /// Answer a `wsync remote` peer on stdin/stdout (run by ssh on the far side).
     Serve(cmd::remote::ServeArgs),
+    /// Whole-state snapshots: create, list, show, verify, diff, restore, cleanup.
+    Snapshot(cmd::snapshot::SnapshotArgs),
+    /// Return the workspace to a snapshot (the newest when no id is given).
+    Rollback(cmd::snapshot::RestoreArgs),
     /// Sync a folder with another machine over SSH (push, pull, sync, watch).
     Remote(cmd::remote::RemoteArgs),
     /// Answer a `wsync remote` peer on stdin/stdout (run by ssh on the far side).
@@ -149,6 +153,8 @@ fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
         Command::Init => cmd::init::run(&ctx()?),
         Command::Remote(args) => cmd::remote::run(&ctx()?, args),
         Command::Serve(args) => cmd::remote::run_serve(args),
+        Command::Snapshot(args) => cmd::snapshot::run(&ctx()?, args),
+        Command::Rollback(args) => cmd::snapshot::run_rollback(&ctx()?, args),
         Command::Remote(args) => cmd::remote::run(&ctx()?, args),
         Command::Serve(args) => cmd::remote::run_serve(args),
     }

@@ -3,4 +3,5 @@
 pub mod completions;
 pub mod init;
 pub mod remote;
+pub mod snapshot;
 pub mod remote;
