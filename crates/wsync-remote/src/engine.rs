@@ -535,7 +535,9 @@ impl Session {
         report.bytes_received = self.conn.bytes_received();
     }
 
-    fn load_state(&self) -> Result<State, Error> {
+    /// The agreed state and the larger number of entries either copy lists
+    /// (a root that vanished takes its copy with it).
+    fn load_state(&self) -> Result<(State, usize), Error> {
         let remote = match self.conn.call(&Request::StateGet {
             pair: self.pair.clone(),
         })? {
@@ -546,12 +548,15 @@ impl Session {
         let local = self.local.state_get(&self.pair)?;
         let l = decode_state(local.as_deref(), "local state")?;
         let r = decode_state(remote.as_deref(), "remote state")?;
+        let known = l.len().max(r.len());
         if l == r {
-            return Ok(l);
+            return Ok((l, known));
         }
-        // The copies disagree (a run died between the two writes): keep
-        // only what both agree on; the rest is compared by content.
-        Ok(l.into_iter().filter(|(p, v)| r.get(p) == Some(v)).collect())
+        // The copies disagree (a run died between the two writes, or one
+        // side lost its copy): keep only what both agree on; the rest is
+        // compared by content.
+        let agreed: State = l.into_iter().filter(|(p, v)| r.get(p) == Some(v)).collect();
+        Ok((agreed, known))
     }
 
     fn save_state(&self, state: &State) -> Result<(), Error> {
@@ -569,9 +574,8 @@ impl Session {
 
     /// Three-way sync against the last synced state of this pair.
     pub fn sync(&mut self, opts: &SyncOptions) -> Result<Report, Error> {
-        let state = self.load_state()?;
+        let (state, known_files) = self.load_state()?;
         let (local, remote) = self.scan_both(opts)?;
-        let known_files = state.len();
         if known_files > 0 && !opts.allow_mass_delete {
             for (side, tree) in [(Side::Local, &local), (Side::Remote, &remote)] {
                 if !tree.exists || tree.entries.is_empty() {
