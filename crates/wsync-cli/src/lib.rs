@@ -80,6 +80,10 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Carry a working session to another machine (save, show, connect, resume).
+    Handoff(cmd::handoff::HandoffArgs),
+    /// Find projects and launch them with their saved command.
+    Projects(cmd::projects::ProjectsArgs),
     /// Sync a folder with another machine over SSH (push, pull, sync, watch).
     Remote(cmd::remote::RemoteArgs),
     /// Answer a `wsync remote` peer on stdin/stdout (run by ssh on the far side).
@@ -88,10 +92,6 @@ pub enum Command {
     Snapshot(cmd::snapshot::SnapshotArgs),
     /// Return the workspace to a snapshot (the newest when no id is given).
     Rollback(cmd::snapshot::RestoreArgs),
-    /// Sync a folder with another machine over SSH (push, pull, sync, watch).
-    Remote(cmd::remote::RemoteArgs),
-    /// Answer a `wsync remote` peer on stdin/stdout (run by ssh on the far side).
-    Serve(cmd::remote::ServeArgs),
 }
 
 /// Parses the process arguments, runs the command and returns its exit code.
@@ -151,11 +151,11 @@ fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
     match &cli.command {
         Command::Completions { shell } => cmd::completions::run(*shell),
         Command::Init => cmd::init::run(&ctx()?),
+        Command::Handoff(args) => cmd::handoff::run(&ctx()?, args),
+        Command::Projects(args) => cmd::projects::run(&ctx()?, args),
         Command::Remote(args) => cmd::remote::run(&ctx()?, args),
         Command::Serve(args) => cmd::remote::run_serve(args),
         Command::Snapshot(args) => cmd::snapshot::run(&ctx()?, args),
         Command::Rollback(args) => cmd::snapshot::run_rollback(&ctx()?, args),
-        Command::Remote(args) => cmd::remote::run(&ctx()?, args),
-        Command::Serve(args) => cmd::remote::run_serve(args),
     }
 }

@@ -163,9 +163,15 @@ pub fn connect_plan(
     }
 
     let cd = format!("cd {}", shell_quote(&remote_folder.to_string_lossy()));
-    let (extra, remote_command, what): (&[&str], String, &str) = match (&options.command, &handoff.tmux)
-    {
-        (Some(command), _) => (&[], format!("{cd} && {command}"), "run the command in the folder"),
+    let (extra, remote_command, what): (&[&str], String, &str) = match (
+        &options.command,
+        &handoff.tmux,
+    ) {
+        (Some(command), _) => (
+            &[],
+            format!("{cd} && {command}"),
+            "run the command in the folder",
+        ),
         (None, Some(tmux)) => {
             let session = shell_quote(&tmux.session);
             let target = match &tmux.window {
@@ -336,8 +342,14 @@ mod tests {
         assert_eq!(&ssh.args[..2], ["-t", "box"]);
         let remote = &ssh.args[2];
         assert!(remote.starts_with("cd /home/me/ws/app/web && "), "{remote}");
-        assert!(remote.contains("tmux attach-session -t 'dev work:2'"), "{remote}");
-        assert!(remote.contains("tmux new-session -A -s 'dev work'"), "{remote}");
+        assert!(
+            remote.contains("tmux attach-session -t 'dev work:2'"),
+            "{remote}"
+        );
+        assert!(
+            remote.contains("tmux new-session -A -s 'dev work'"),
+            "{remote}"
+        );
         assert!(remote.contains("exec \"${SHELL:-/bin/sh}\" -l"), "{remote}");
     }
 
@@ -359,9 +371,15 @@ mod tests {
         let copy = &plan.steps[0];
         assert_eq!(copy.args[..4], ["-p", "2222", "-o", "A=b c"]);
         assert_eq!(copy.args[4], "u@h");
-        assert_eq!(copy.stdin_file.as_deref(), Some(Path::new("/l/.wsync-handoff.json")));
+        assert_eq!(
+            copy.stdin_file.as_deref(),
+            Some(Path::new("/l/.wsync-handoff.json"))
+        );
         let run = &plan.steps[1];
-        assert_eq!(run.args[4..], ["u@h".to_owned(), "cd '/r oot/app/web' && pwd".to_owned()]);
+        assert_eq!(
+            run.args[4..],
+            ["u@h".to_owned(), "cd '/r oot/app/web' && pwd".to_owned()]
+        );
         assert_eq!(plan.remote_folder, PathBuf::from("/r oot/app/web"));
     }
 

@@ -57,7 +57,10 @@ impl EnvFilter {
     /// Keeps the allow-listed variables of `env`, refusing secret-looking
     /// names. Returns the kept variables and one warning per refused or
     /// missing name.
-    pub fn apply(&self, env: &BTreeMap<String, String>) -> (BTreeMap<String, String>, Vec<Warning>) {
+    pub fn apply(
+        &self,
+        env: &BTreeMap<String, String>,
+    ) -> (BTreeMap<String, String>, Vec<Warning>) {
         let mut kept = BTreeMap::new();
         let mut warnings = Vec::new();
         for name in &self.allow {
@@ -95,7 +98,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn defaults() -> Vec<String> {
-        DEFAULT_SECRET_PATTERNS.iter().map(|s| (*s).to_owned()).collect()
+        DEFAULT_SECRET_PATTERNS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
     }
 
     #[test]
@@ -108,12 +114,22 @@ mod tests {
             ("DB_Password".to_owned(), "z".to_owned()),
             ("SSH_KEYS".to_owned(), "k".to_owned()),
         ]);
-        let allow: Vec<String> = ["EDITOR", "github_token", "AWS_SECRET_ACCESS_KEY", "DB_Password", "SSH_KEYS", "UNSET"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
+        let allow: Vec<String> = [
+            "EDITOR",
+            "github_token",
+            "AWS_SECRET_ACCESS_KEY",
+            "DB_Password",
+            "SSH_KEYS",
+            "UNSET",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
         let (kept, warnings) = filter_env(&env, &allow, &defaults()).unwrap();
-        assert_eq!(kept, BTreeMap::from([("EDITOR".to_owned(), "vim".to_owned())]));
+        assert_eq!(
+            kept,
+            BTreeMap::from([("EDITOR".to_owned(), "vim".to_owned())])
+        );
         let refused: Vec<_> = warnings
             .iter()
             .filter_map(|w| match w {
@@ -121,8 +137,18 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(refused, ["github_token", "AWS_SECRET_ACCESS_KEY", "DB_Password", "SSH_KEYS"]);
-        assert!(warnings.contains(&Warning::EnvNotSet { name: "UNSET".into() }));
+        assert_eq!(
+            refused,
+            [
+                "github_token",
+                "AWS_SECRET_ACCESS_KEY",
+                "DB_Password",
+                "SSH_KEYS"
+            ]
+        );
+        assert!(warnings.contains(&Warning::EnvNotSet {
+            name: "UNSET".into()
+        }));
     }
 
     #[test]

@@ -85,8 +85,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.json");
         std::fs::write(&path, "{\n  \"a\": ,\n}").unwrap();
-        let err = read_json::<serde_json::Value>(&path).unwrap_err().to_string();
+        let err = read_json::<serde_json::Value>(&path)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bad.json") && err.contains("line 2"), "{err}");
-        assert!(read_json::<serde_json::Value>(&dir.path().join("none")).unwrap().is_none());
+        assert!(
+            read_json::<serde_json::Value>(&dir.path().join("none"))
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -12,9 +12,32 @@ use crate::error::{Error, Result};
 /// Programs that are never recorded as dev servers: shells, multiplexers,
 /// editors, pagers and wsync itself.
 pub const DEFAULT_IGNORED_PROGRAMS: &[&str] = &[
-    "sh", "bash", "zsh", "fish", "dash", "ksh", "tcsh", "csh", "nu", "tmux", "tmux: server",
-    "screen", "ssh", "sshd", "vim", "nvim", "vi", "emacs", "nano", "less", "more", "man", "git",
-    "wsync", "top", "htop",
+    "sh",
+    "bash",
+    "zsh",
+    "fish",
+    "dash",
+    "ksh",
+    "tcsh",
+    "csh",
+    "nu",
+    "tmux",
+    "tmux: server",
+    "screen",
+    "ssh",
+    "sshd",
+    "vim",
+    "nvim",
+    "vi",
+    "emacs",
+    "nano",
+    "less",
+    "more",
+    "man",
+    "git",
+    "wsync",
+    "top",
+    "htop",
 ];
 
 /// A process running under the synced root.
@@ -70,7 +93,11 @@ pub fn scan_processes(root: &Path, scan: &ProcScan) -> Result<Vec<DevServer>> {
     let me = std::process::id();
     let mut found = Vec::new();
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == me || scan.exclude_pids.contains(&pid) {
@@ -200,10 +227,21 @@ mod tests {
 
     #[test]
     fn shells_and_wsync_are_ignored() {
-        let ignored: Vec<String> = DEFAULT_IGNORED_PROGRAMS.iter().map(|s| (*s).to_owned()).collect();
+        let ignored: Vec<String> = DEFAULT_IGNORED_PROGRAMS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
         assert!(is_ignored("bash", &["-bash".into()], &ignored));
-        assert!(is_ignored("x", &["/usr/local/bin/wsync".into(), "serve".into()], &ignored));
-        assert!(!is_ignored("node", &["node".into(), "server.js".into()], &ignored));
+        assert!(is_ignored(
+            "x",
+            &["/usr/local/bin/wsync".into(), "serve".into()],
+            &ignored
+        ));
+        assert!(!is_ignored(
+            "node",
+            &["node".into(), "server.js".into()],
+            &ignored
+        ));
     }
 
     #[test]

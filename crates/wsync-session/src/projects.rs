@@ -137,9 +137,10 @@ fn classify(dir: &Path, warnings: &mut Vec<String>) -> Option<Found> {
     } else {
         return None;
     };
-    let name = dir
-        .file_name()
-        .map_or_else(|| "project".to_owned(), |n| n.to_string_lossy().into_owned());
+    let name = dir.file_name().map_or_else(
+        || "project".to_owned(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     let command = match kind {
         ProjectKind::Rust => "cargo run".to_owned(),
         ProjectKind::Go => "go run .".to_owned(),
@@ -159,7 +160,10 @@ fn node_command(package_json: &Path, warnings: &mut Vec<String>) -> String {
     let parsed: Result<Option<serde_json::Value>> = fsutil::read_json(package_json);
     match parsed {
         Ok(Some(value)) => {
-            if value.pointer("/scripts/dev").is_some_and(serde_json::Value::is_string) {
+            if value
+                .pointer("/scripts/dev")
+                .is_some_and(serde_json::Value::is_string)
+            {
                 "npm run dev".to_owned()
             } else {
                 "npm start".to_owned()
@@ -315,7 +319,12 @@ impl Registry {
     /// added (a colliding name gets `-2`, `-3`, … ), known ones (by path)
     /// keep their name and a user-set command, and registered projects under
     /// one of `roots` that were not found again are removed.
-    pub fn merge(&mut self, roots: &[PathBuf], found: &[Found], now: DateTime<Utc>) -> Result<MergeReport> {
+    pub fn merge(
+        &mut self,
+        roots: &[PathBuf],
+        found: &[Found],
+        now: DateTime<Utc>,
+    ) -> Result<MergeReport> {
         let roots: Vec<PathBuf> = roots
             .iter()
             .map(|r| r.canonicalize().unwrap_or_else(|_| r.clone()))
@@ -323,7 +332,8 @@ impl Registry {
         let found_paths: BTreeSet<&Path> = found.iter().map(|f| f.path.as_path()).collect();
         let mut report = MergeReport::default();
         self.projects.retain(|p| {
-            let gone = roots.iter().any(|r| p.path.starts_with(r)) && !found_paths.contains(p.path.as_path());
+            let gone = roots.iter().any(|r| p.path.starts_with(r))
+                && !found_paths.contains(p.path.as_path());
             if gone {
                 report.removed.push(p.name.clone());
             }
@@ -395,7 +405,11 @@ mod tests {
     fn commands_per_kind() {
         let tmp = tempfile::tempdir().unwrap();
         let r = tmp.path();
-        touch(r, "web/package.json", r#"{"scripts":{"dev":"vite","start":"node x"}}"#);
+        touch(
+            r,
+            "web/package.json",
+            r#"{"scripts":{"dev":"vite","start":"node x"}}"#,
+        );
         touch(r, "api/package.json", r#"{"scripts":{"start":"node x"}}"#);
         touch(r, "broken/package.json", "{");
         touch(r, "tool/pyproject.toml", "");
@@ -419,7 +433,11 @@ mod tests {
         assert_eq!(cmd("script"), "python3 main.py");
         assert_eq!(cmd("bare-py"), "python3 -m bare_py");
         assert_eq!(report.warnings.len(), 1);
-        assert!(report.warnings[0].contains("broken"), "{:?}", report.warnings);
+        assert!(
+            report.warnings[0].contains("broken"),
+            "{:?}",
+            report.warnings
+        );
     }
 
     #[test]

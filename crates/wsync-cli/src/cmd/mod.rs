@@ -1,7 +1,8 @@
 //! One module per command group; each exposes `run(&Ctx, args)`.
 
 pub mod completions;
+pub mod handoff;
 pub mod init;
+pub mod projects;
 pub mod remote;
 pub mod snapshot;
-pub mod remote;

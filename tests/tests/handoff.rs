@@ -1,0 +1,263 @@
+//! `wsync handoff`: save/show, dev-server detection, secrets, resume, and
+//! connect through a real loopback sshd.
+#![allow(clippy::unwrap_used)]
+
+use std::io::BufRead as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use wsync_testutils::{
+    KillOnDrop, Sshd, TestRepo, assert_success, wait_until, wsync_cmd, wsync_ok,
+};
+
+const FILE: &str = ".wsync-handoff.json";
+
+fn show_json(dir: &Path) -> Value {
+    serde_json::from_str(&wsync_ok(dir, &["handoff", "show", "--json"])).unwrap()
+}
+
+#[test]
+fn save_show_round_trip_in_a_repo_subfolder() {
+    let repo = TestRepo::with_commit();
+    let sub = repo.path().join("src/deep");
+    std::fs::create_dir_all(&sub).unwrap();
+    let out = wsync_cmd(&sub)
+        .args([
+            "handoff",
+            "save",
+            "--note",
+            "fix the parser",
+            "--env-allow",
+            "EDITOR_MODE",
+        ])
+        .env("EDITOR_MODE", "insert")
+        .output()
+        .unwrap();
+    assert_success(&out, "handoff save");
+    assert!(repo.path().join(FILE).is_file());
+
+    let saved = show_json(&sub);
+    assert_eq!(saved["folder"], "src/deep");
+    assert_eq!(saved["note"], "fix the parser");
+    assert_eq!(saved["git"]["branch"], "main");
+    assert_eq!(saved["git"]["head"], repo.head().trim());
+    assert_eq!(saved["git"]["repo"], "");
+    assert_eq!(saved["env"]["EDITOR_MODE"], "insert");
+    assert!(!saved["host"].as_str().unwrap().is_empty());
+    assert_eq!(
+        Path::new(saved["root"].as_str().unwrap()),
+        repo.path().canonicalize().unwrap()
+    );
+
+    // The human rendering says what, where, when and from which host.
+    let text = wsync_ok(repo.path(), &["handoff", "show"]);
+    assert!(text.contains("fix the parser"), "{text}");
+    assert!(text.contains("src/deep"), "{text}");
+    assert!(text.contains(saved["host"].as_str().unwrap()), "{text}");
+    assert!(text.contains("main at"), "{text}");
+}
+
+#[test]
+fn secret_looking_variables_are_refused_even_when_allowed() {
+    let repo = TestRepo::with_commit();
+    let out = wsync_cmd(repo.path())
+        .args([
+            "handoff",
+            "save",
+            "--env-allow",
+            "GITHUB_TOKEN",
+            "--env-allow",
+            "db_password",
+            "--env-allow",
+            "AWS_SECRET_ACCESS_KEY",
+            "--env-allow",
+            "NODE_ENV",
+        ])
+        .env("GITHUB_TOKEN", "ghp_do_not_leak")
+        .env("db_password", "hunter2")
+        .env("AWS_SECRET_ACCESS_KEY", "abc123leak")
+        .env("NODE_ENV", "development")
+        .output()
+        .unwrap();
+    assert_success(&out, "handoff save");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for name in ["GITHUB_TOKEN", "db_password", "AWS_SECRET_ACCESS_KEY"] {
+        assert!(
+            stderr.contains(&format!("refused to record {name}")),
+            "{stderr}"
+        );
+    }
+    let file = repo.read(FILE);
+    for secret in ["ghp_do_not_leak", "hunter2", "abc123leak"] {
+        assert!(!file.contains(secret), "{file}");
+    }
+    let saved = show_json(repo.path());
+    assert_eq!(saved["env"], serde_json::json!({"NODE_ENV": "development"}));
+}
+
+#[test]
+fn a_running_dev_server_and_its_port_are_recorded() {
+    let repo = TestRepo::with_commit();
+    let web = repo.path().join("web");
+    std::fs::create_dir_all(&web).unwrap();
+    let mut server = KillOnDrop(
+        Command::new("python3")
+            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
+            .current_dir(&web)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
+    let mut line = String::new();
+    std::io::BufReader::new(server.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u64 = line
+        .split_whitespace()
+        .skip_while(|w| *w != "port")
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+
+    wsync_ok(repo.path(), &["handoff", "save"]);
+    let saved = show_json(repo.path());
+    let servers = saved["servers"].as_array().unwrap();
+    let found = servers
+        .iter()
+        .find(|s| s["pid"] == server.id())
+        .unwrap_or_else(|| panic!("server {} not in {servers:#?}", server.id()));
+    assert_eq!(found["folder"], "web");
+    assert_eq!(found["ports"], serde_json::json!([port]));
+    assert!(found["command"].as_str().unwrap().contains("http.server"));
+    let text = wsync_ok(repo.path(), &["handoff", "show"]);
+    assert!(text.contains(&format!("ports {port}")), "{text}");
+
+    // resume offers the command to restart it, in this machine's tree.
+    let resume = wsync_ok(repo.path(), &["handoff", "resume"]);
+    assert!(resume.contains("servers to restart"), "{resume}");
+    assert!(resume.contains("http.server"), "{resume}");
+    server.kill();
+}
+
+#[test]
+fn resume_warns_when_the_branch_or_head_differs() {
+    let repo = TestRepo::with_commit();
+    wsync_ok(repo.path(), &["handoff", "save"]);
+    let out = wsync_cmd(repo.path())
+        .args(["handoff", "resume"])
+        .output()
+        .unwrap();
+    assert_success(&out, "resume");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("differs"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("cd {}", repo.path().display())),
+        "{stdout}"
+    );
+
+    repo.git(&["switch", "-q", "-c", "feature"]);
+    let out = wsync_cmd(repo.path())
+        .args(["handoff", "resume"])
+        .output()
+        .unwrap();
+    assert_success(&out, "resume");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("branch differs") && stderr.contains("feature"),
+        "{stderr}"
+    );
+
+    repo.git(&["switch", "-q", "main"]);
+    repo.write("x.txt", "x");
+    repo.commit_all("moved on");
+    let out = wsync_cmd(repo.path())
+        .args(["handoff", "resume", "--json"])
+        .output()
+        .unwrap();
+    assert_success(&out, "resume");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("HEAD differs"), "{stderr}");
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["branch"]["state"], "head_differs");
+}
+
+#[test]
+fn connect_print_shows_sync_and_ssh_commands() {
+    let Some(sshd) = Sshd::start() else { return };
+    let repo = TestRepo::with_commit();
+    let out = wsync_ok(
+        repo.path(),
+        &[
+            "handoff",
+            "connect",
+            &sshd.destination(),
+            "--print",
+            "--rsh",
+            &sshd.ssh_command(),
+        ],
+    );
+    let dest = sshd.destination();
+    assert!(out.contains(&format!("remote push --rsh")), "{out}");
+    assert!(
+        out.contains(&format!("{dest}:{}", repo.path().display())),
+        "{out}"
+    );
+    assert!(out.contains(&format!(" -t {dest} ")), "{out}");
+    assert!(out.contains("exec \"${SHELL:-/bin/sh}\" -l"), "{out}");
+    // --print saved the record but ran nothing remote.
+    assert!(repo.path().join(FILE).is_file());
+}
+
+#[test]
+fn connect_runs_a_command_in_the_same_folder_over_real_ssh() {
+    let Some(sshd) = Sshd::start() else { return };
+    let repo = TestRepo::with_commit();
+    let sub = repo.path().join("app");
+    std::fs::create_dir_all(&sub).unwrap();
+    let far = tempfile::tempdir().unwrap();
+    let far_root = far.path().join("ws");
+    std::fs::create_dir_all(far_root.join("app")).unwrap();
+    let out = wsync_cmd(&sub)
+        .args([
+            "handoff",
+            "connect",
+            &sshd.destination(),
+            "--rsh",
+            &sshd.ssh_command(),
+            "--sync",
+            "file",
+            "--remote-root",
+            far_root.to_str().unwrap(),
+            "--note",
+            "over ssh",
+            "--command",
+            "echo REMOTE_PWD=$(pwd); exit 3",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    // The remote command's exit code passes through.
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let pwd = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("REMOTE_PWD="))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(
+        Path::new(pwd).canonicalize().unwrap(),
+        far_root.join("app").canonicalize().unwrap()
+    );
+    // The record arrived, complete.
+    assert!(wait_until(Duration::from_secs(5), || far_root
+        .join(FILE)
+        .is_file()));
+    let arrived: Value =
+        serde_json::from_str(&std::fs::read_to_string(far_root.join(FILE)).unwrap()).unwrap();
+    assert_eq!(arrived["note"], "over ssh");
+    assert_eq!(arrived["folder"], "app");
+}
