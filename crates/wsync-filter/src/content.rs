@@ -23,13 +23,14 @@ pub const DEFAULT_VOLATILE_KEYS: &[&str] =
     &["timestamp", "last_update", "updated_at", "session_id"];
 
 /// The timestamp-ish tokens normalised before comparing changed text lines:
-/// ISO 8601 / RFC 3339 date-times and dates, `HH:MM:SS` times, `date(1)` /
-/// RFC 2822 style dates, UUIDs, and 10- or 13-digit epoch numbers from 2001
-/// to 2286 (with optional fraction).
+/// ISO 8601 / RFC 3339 date-times (a time part is required: a bare date
+/// such as a deadline is what people edit), `H:MM:SS` times (seconds
+/// required), `date(1)` / RFC 2822 style dates, UUIDs, and 10- or 13-digit
+/// epoch numbers from 2001 to 2286 (with optional fraction).
 const VOLATILE_TOKENS: &str = r"(?x)
-    \d{4}-\d{2}-\d{2}(?:[T\ ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2}|\ ?UTC)?
+    \d{4}-\d{2}-\d{2}[T\ ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2}|\ ?UTC)?
   | \b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b
-  | \b(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*,?\ +(?:\d{1,2}\ +)?(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*\ +\d{1,2}(?:\ +\d{4})?
+  | \b(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*,?\ +(?:\d{1,2}\ +)?(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*\ +\d{1,2}(?:\ +\d{4})?\ +\d{1,2}:\d{2}:\d{2}(?:\ +[A-Z]{2,5})?(?:\ +\d{4})?
   | \b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b
   | \b[12]\d{9}(?:\d{3})?(?:\.\d+)?\b
 ";
@@ -369,6 +370,15 @@ mod tests {
         let added = format!("{old}more\n");
         assert!(
             !a().compare("c.md", Some(old.as_bytes()), added.as_bytes())
+                .is_system()
+        );
+        // Bare dates and HH:MM times are what people edit.
+        assert!(
+            !a().compare("c.md", Some(b"due 2026-01-05\n"), b"due 2026-02-05\n")
+                .is_system()
+        );
+        assert!(
+            !a().compare("c.md", Some(b"at 10:00\n"), b"at 11:30\n")
                 .is_system()
         );
         // Small numbers are not epochs.

@@ -598,7 +598,23 @@ impl Filter {
 
     /// The writer windows currently recorded in `<state>/writers.jsonl`.
     pub fn writer_windows(&self) -> Vec<WriterWindow> {
-        self.process.windows()
+        self.process.windows().as_ref().clone()
+    }
+
+    /// Layer 2 alone for one change (writer windows, then open files),
+    /// whatever the rules say: `Some` block decision if it is attributed to
+    /// the system, `None` if not (or unknown).
+    pub fn process_layer(&self, change: &Change) -> Option<Decision> {
+        let evidence = self.process.gather(&[change]);
+        match self.process.judge(change, &evidence) {
+            process::Judgement::System { rule, reason } => Some(Decision::new(
+                Verdict::Block,
+                Layer::Process,
+                Some(rule),
+                reason,
+            )),
+            process::Judgement::NotSystem(_) | process::Judgement::Unknown(_) => None,
+        }
     }
 }
 

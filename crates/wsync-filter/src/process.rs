@@ -129,7 +129,7 @@ fn parse_time(v: &serde_json::Value) -> Option<DateTime<Utc>> {
 /// What the process layer found for one batch.
 #[derive(Debug, Default)]
 pub(crate) struct Evidence {
-    windows: Vec<WriterWindow>,
+    windows: Arc<Vec<WriterWindow>>,
     holders: HashMap<PathBuf, Vec<u32>>,
     scan_note: Option<String>,
 }
@@ -162,10 +162,13 @@ impl fmt::Debug for PidCache {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct WindowsCache {
     key: Option<(u64, SystemTime)>,
     text: String,
+    parsed: Arc<Vec<WriterWindow>>,
+    /// Some line had no `end`: re-resolve against "now" on every read.
+    has_open: bool,
 }
 
 /// Layer 2 state: patterns, caches and the clock.
@@ -210,10 +213,7 @@ impl ProcessLayer {
                 sys: sysinfo::System::new(),
                 pids: HashMap::new(),
             }),
-            windows: Mutex::new(WindowsCache {
-                key: None,
-                text: String::new(),
-            }),
+            windows: Mutex::new(WindowsCache::default()),
         })
     }
 
@@ -221,24 +221,29 @@ impl ProcessLayer {
         self.clock = clock;
     }
 
-    /// The current writer windows (re-reading the file only if it changed).
-    pub(crate) fn windows(&self) -> Vec<WriterWindow> {
+    /// The current writer windows (re-reading and re-parsing the file only
+    /// when its size or mtime changed).
+    pub(crate) fn windows(&self) -> Arc<Vec<WriterWindow>> {
         let Ok(mut cache) = self.windows.lock() else {
-            return Vec::new();
+            return Arc::default();
         };
         let key = std::fs::metadata(&self.writers_file)
             .ok()
             .and_then(|m| Some((m.len(), m.modified().ok()?)));
         if key.is_none() {
-            cache.key = None;
-            cache.text.clear();
-        } else if key != cache.key {
+            *cache = WindowsCache::default();
+            return Arc::default();
+        }
+        let alive = |pid: u32| Path::new("/proc").join(pid.to_string()).exists();
+        if key != cache.key {
             cache.text = std::fs::read_to_string(&self.writers_file).unwrap_or_default();
             cache.key = key;
+            cache.has_open = cache.text.lines().any(|l| !l.contains("\"end\""));
+            cache.parsed = Arc::new(parse_writer_windows(&cache.text, Utc::now(), alive));
+        } else if cache.has_open {
+            cache.parsed = Arc::new(parse_writer_windows(&cache.text, Utc::now(), alive));
         }
-        parse_writer_windows(&cache.text, Utc::now(), |pid| {
-            Path::new("/proc").join(pid.to_string()).exists()
-        })
+        Arc::clone(&cache.parsed)
     }
 
     /// Reads the windows and scans `/proc` once for these candidates.
