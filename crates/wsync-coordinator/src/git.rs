@@ -1,0 +1,278 @@
+//! The git layer: libgit2 for local trees, the index, merges and checkout;
+//! the `git` program for fetch and push (so the user's ssh config, agents
+//! and credential helpers apply). No libgit2 networking.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use git2::{Oid, Repository, RepositoryState, Status, StatusOptions};
+
+use crate::Error;
+
+/// Where the sync goes: the local branch and its remote counterpart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    /// The local branch name (`main`).
+    pub branch: String,
+    /// The remote's name (`origin`).
+    pub remote: String,
+    /// The branch on the remote.
+    pub remote_branch: String,
+}
+
+impl Target {
+    pub fn local_ref(&self) -> String {
+        format!("refs/heads/{}", self.branch)
+    }
+    pub fn tracking_ref(&self) -> String {
+        format!("refs/remotes/{}/{}", self.remote, self.remote_branch)
+    }
+}
+
+/// Opens the workspace's repository (the workspace must be its work tree).
+pub(crate) fn open(workspace: &Path) -> Result<Repository, Error> {
+    Repository::open(workspace).map_err(Error::git(workspace, "open repository"))
+}
+
+/// Checks that a sync may start and names the branch and remote.
+pub(crate) fn preflight(
+    repo: &Repository,
+    workspace: &Path,
+    remote: &str,
+    remote_branch: Option<&str>,
+) -> Result<Target, Error> {
+    let refuse = |why: String| Error::Refused {
+        path: workspace.to_path_buf(),
+        why,
+    };
+    if repo.is_bare() {
+        return Err(refuse("the repository is bare".into()));
+    }
+    let busy = match repo.state() {
+        RepositoryState::Clean => None,
+        RepositoryState::Merge => Some("a merge is in progress (finish it or `git merge --abort`)"),
+        RepositoryState::Revert | RepositoryState::RevertSequence => {
+            Some("a revert is in progress")
+        }
+        RepositoryState::CherryPick | RepositoryState::CherryPickSequence => {
+            Some("a cherry-pick is in progress")
+        }
+        RepositoryState::Bisect => Some("a bisect is in progress"),
+        RepositoryState::Rebase
+        | RepositoryState::RebaseInteractive
+        | RepositoryState::RebaseMerge => Some("a rebase is in progress"),
+        RepositoryState::ApplyMailbox | RepositoryState::ApplyMailboxOrRebase => {
+            Some("a `git am` is in progress")
+        }
+    };
+    if let Some(why) = busy {
+        return Err(refuse(why.into()));
+    }
+    if repo.head_detached().unwrap_or(false) {
+        return Err(refuse(
+            "HEAD is detached (check out a branch first)".into(),
+        ));
+    }
+    let head = repo
+        .find_reference("HEAD")
+        .map_err(Error::git(workspace, "read HEAD"))?;
+    let branch = head
+        .symbolic_target()
+        .and_then(|t| t.strip_prefix("refs/heads/"))
+        .ok_or_else(|| refuse("HEAD does not point at a branch".into()))?
+        .to_owned();
+    if repo.find_remote(remote).is_err() {
+        return Err(refuse(format!(
+            "no remote `{remote}` is configured (`wsync init --remote URL`)"
+        )));
+    }
+    Ok(Target {
+        remote_branch: remote_branch.map_or_else(|| branch.clone(), str::to_owned),
+        branch,
+        remote: remote.to_owned(),
+    })
+}
+
+/// One changed path in the working tree or the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pending {
+    /// Workspace-relative path with `/` separators.
+    pub path: String,
+    /// Deleted from the working tree.
+    pub deleted: bool,
+    /// Not tracked yet.
+    pub created: bool,
+    /// The index differs from HEAD for this path.
+    pub staged: bool,
+}
+
+/// Every changed, non-ignored path (untracked files included).
+pub(crate) fn pending(repo: &Repository, workspace: &Path) -> Result<Vec<Pending>, Error> {
+    let mut opts = StatusOptions::new();
+    opts.include_untracked(true)
+        .recurse_untracked_dirs(true)
+        .include_ignored(false)
+        .include_unmodified(false)
+        .exclude_submodules(true)
+        .renames_head_to_index(false)
+        .renames_index_to_workdir(false);
+    let statuses = repo
+        .statuses(Some(&mut opts))
+        .map_err(Error::git(workspace, "status"))?;
+    let mut out = Vec::with_capacity(statuses.len());
+    for entry in statuses.iter() {
+        let s = entry.status();
+        if s.contains(Status::IGNORED) || s.is_empty() {
+            continue;
+        }
+        let Some(path) = std::str::from_utf8(entry.path_bytes()).ok().map(str::to_owned) else {
+            // Non-UTF-8 names cannot be matched by the filter; leave them alone.
+            continue;
+        };
+        let deleted = s.contains(Status::WT_DELETED)
+            || (s.contains(Status::INDEX_DELETED) && !s.contains(Status::WT_NEW));
+        let created = s.contains(Status::WT_NEW) || s.contains(Status::INDEX_NEW);
+        let staged = s.intersects(
+            Status::INDEX_NEW
+                | Status::INDEX_MODIFIED
+                | Status::INDEX_DELETED
+                | Status::INDEX_TYPECHANGE
+                | Status::INDEX_RENAMED,
+        );
+        out.push(Pending {
+            path,
+            deleted,
+            created,
+            staged,
+        });
+    }
+    Ok(out)
+}
+
+/// The commit a ref points at, if the ref exists.
+pub(crate) fn ref_oid(repo: &Repository, name: &str) -> Option<Oid> {
+    repo.refname_to_id(name).ok()
+}
+
+/// Runs the `git` program in the workspace with no terminal prompts.
+fn git_program(workspace: &Path, args: &[&str]) -> Result<std::process::Output, Error> {
+    let mut cmd = Command::new("git");
+    cmd.current_dir(workspace)
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null());
+    cmd.output().map_err(|source| Error::Io {
+        path: PathBuf::from("git"),
+        source,
+    })
+}
+
+fn command_error(workspace: &Path, args: &[&str], out: &std::process::Output) -> Error {
+    Error::GitCommand {
+        path: workspace.to_path_buf(),
+        command: format!("git {}", args.join(" ")),
+        status: out.status.to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    }
+}
+
+/// `git fetch` of the one remote branch into its tracking ref. Returns the
+/// remote branch's commit, or `None` when the remote has no such branch.
+pub(crate) fn fetch(
+    repo: &Repository,
+    workspace: &Path,
+    target: &Target,
+) -> Result<Option<Oid>, Error> {
+    let refspec = format!(
+        "+refs/heads/{}:{}",
+        target.remote_branch,
+        target.tracking_ref()
+    );
+    let args = [
+        "fetch",
+        "--quiet",
+        "--no-tags",
+        "--no-write-fetch-head",
+        "--no-recurse-submodules",
+        target.remote.as_str(),
+        refspec.as_str(),
+    ];
+    let out = git_program(workspace, &args)?;
+    if out.status.success() {
+        return Ok(ref_oid(repo, &target.tracking_ref()));
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("couldn't find remote ref") {
+        return Ok(None);
+    }
+    Err(command_error(workspace, &args, &out))
+}
+
+/// What a push did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PushOutcome {
+    /// The remote branch now points at our commit.
+    Pushed,
+    /// The remote refused a non-fast-forward update (someone pushed first).
+    Rejected(String),
+}
+
+/// `git push` (never forced) of the local branch to the remote branch.
+pub(crate) fn push(workspace: &Path, target: &Target) -> Result<PushOutcome, Error> {
+    let refspec = format!(
+        "{}:refs/heads/{}",
+        target.local_ref(),
+        target.remote_branch
+    );
+    let args = [
+        "push",
+        "--porcelain",
+        target.remote.as_str(),
+        refspec.as_str(),
+    ];
+    let out = git_program(workspace, &args)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Porcelain: one line per ref, `FLAG \t from:to \t summary`; `!` = rejected.
+    let rejected = stdout
+        .lines()
+        .find(|l| l.starts_with('!'))
+        .map(|l| l.split('\t').nth(2).unwrap_or(l).trim().to_owned());
+    if let Some(why) = rejected {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let non_ff = why.contains("fetch first")
+            || why.contains("non-fast-forward")
+            || why.contains("stale info")
+            || stderr.contains("non-fast-forward");
+        if non_ff {
+            return Ok(PushOutcome::Rejected(why));
+        }
+        let mut err = command_error(workspace, &args, &out);
+        if let Error::GitCommand { stderr, .. } = &mut err {
+            *stderr = format!("{why}; {stderr}");
+        }
+        return Err(err);
+    }
+    if out.status.success() {
+        return Ok(PushOutcome::Pushed);
+    }
+    Err(command_error(workspace, &args, &out))
+}
+
+/// `git fsck --no-dangling` (used by health checks and tests).
+pub fn fsck(workspace: &Path) -> Result<(), Error> {
+    let args = ["fsck", "--no-dangling", "--no-progress"];
+    let out = git_program(workspace, &args)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(command_error(workspace, &args, &out))
+    }
+}
+
+/// Commits ahead of and behind the tracking ref, when both exist.
+pub(crate) fn ahead_behind(repo: &Repository, target: &Target) -> Option<(usize, usize)> {
+    let local = ref_oid(repo, &target.local_ref())?;
+    let remote = ref_oid(repo, &target.tracking_ref())?;
+    repo.graph_ahead_behind(local, remote).ok()
+}

@@ -1,0 +1,65 @@
+//! The seam to `wsync-snapshot`: capture before a run, restore on failure
+//! and recovery, the `.result` file, retention.
+
+use std::path::Path;
+use std::time::Duration;
+
+use wsync_snapshot::{CaptureOptions, RestoreOptions, Retention, SnapshotStore};
+
+use crate::Error;
+
+/// Captures a snapshot; returns its id.
+pub(crate) fn capture(
+    workspace: &Path,
+    state_dir: &Path,
+    reason: &str,
+    bundle: bool,
+    autonomous_status: &str,
+) -> Result<String, Error> {
+    let store = SnapshotStore::open(workspace, state_dir)?;
+    let snap = store.capture(&CaptureOptions {
+        reason: reason.into(),
+        bundle,
+        autonomous_status: autonomous_status.into(),
+    })?;
+    Ok(snap.id)
+}
+
+/// Restores a snapshot (forced: also over a half-done merge); returns the
+/// safety snapshot's id (the state found before restoring).
+pub(crate) fn restore(workspace: &Path, state_dir: &Path, id: &str) -> Result<Option<String>, Error> {
+    let store = SnapshotStore::open(workspace, state_dir)?;
+    let report = store.restore(
+        id,
+        &RestoreOptions {
+            files_only: false,
+            force: true,
+        },
+    )?;
+    Ok(Some(report.safety.id))
+}
+
+/// Writes the snapshot's `.result`.
+pub(crate) fn write_result(
+    workspace: &Path,
+    state_dir: &Path,
+    id: &str,
+    value: &serde_json::Value,
+) -> Result<(), Error> {
+    SnapshotStore::open(workspace, state_dir)?.write_result(id, value)?;
+    Ok(())
+}
+
+/// Keeps the newest `keep` snapshots (and none older than `max_age_days`).
+pub(crate) fn cleanup(
+    workspace: &Path,
+    state_dir: &Path,
+    keep: usize,
+    max_age_days: Option<u64>,
+) -> Result<(), Error> {
+    SnapshotStore::open(workspace, state_dir)?.cleanup(&Retention {
+        keep,
+        max_age: max_age_days.map(|d| Duration::from_secs(d * 86_400)),
+    })?;
+    Ok(())
+}
