@@ -88,6 +88,12 @@ pub enum Command {
     Remote(cmd::remote::RemoteArgs),
     /// Answer a `wsync remote` peer on stdin/stdout (run by ssh on the far side).
     Serve(cmd::remote::ServeArgs),
+    /// The sync lock: who holds it; run a command holding it.
+    Lock(cmd::lock::LockArgs),
+    /// Run a command as an autonomous writer under the pause gate.
+    Guard(cmd::guard::GuardArgs),
+    /// The pause gate: status, wait for the end of a pause, run a command with writers paused.
+    Pause(cmd::pause::PauseArgs),
     /// Whole-state snapshots: create, list, show, verify, diff, restore, cleanup.
     Snapshot(cmd::snapshot::SnapshotArgs),
     /// Return the workspace to a snapshot (the newest when no id is given).
@@ -155,6 +161,9 @@ fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
         Command::Projects(args) => cmd::projects::run(&ctx()?, args),
         Command::Remote(args) => cmd::remote::run(&ctx()?, args),
         Command::Serve(args) => cmd::remote::run_serve(args),
+        Command::Lock(args) => cmd::lock::run(&ctx()?, args),
+        Command::Guard(args) => cmd::guard::run(&ctx()?, args),
+        Command::Pause(args) => cmd::pause::run(&ctx()?, args),
         Command::Snapshot(args) => cmd::snapshot::run(&ctx()?, args),
         Command::Rollback(args) => cmd::snapshot::run_rollback(&ctx()?, args),
     }

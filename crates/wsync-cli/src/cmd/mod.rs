@@ -1,8 +1,11 @@
 //! One module per command group; each exposes `run(&Ctx, args)`.
 
 pub mod completions;
+pub mod guard;
 pub mod handoff;
 pub mod init;
+pub mod lock;
+pub mod pause;
 pub mod projects;
 pub mod remote;
 pub mod snapshot;

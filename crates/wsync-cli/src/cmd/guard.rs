@@ -1,0 +1,84 @@
+//! `wsync guard`: run a command as an autonomous writer under the pause gate.
+//!
+//! The guard must never block the autonomous system for good: without a
+//! state folder it runs the command straight away (a debug log line says
+//! so), when the gate cannot be used it warns and runs the command anyway,
+//! and a pause longer than `--max-wait` is waited out only that long.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use wsync_lock::{PauseGate, WriterOptions};
+
+use crate::cmd::lock::{parse_secs, run_child};
+use crate::ctx::Ctx;
+
+/// `wsync guard`.
+#[derive(Debug, Args)]
+pub struct GuardArgs {
+    /// The writer's name in the writer log (default: the command's file name).
+    #[arg(long, value_name = "N")]
+    pub name: Option<String>,
+    /// Wait at most SECS for a pause to end, then run anyway (warns).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "300")]
+    pub max_wait: Duration,
+    /// The command and its arguments.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub cmd: Vec<OsString>,
+}
+
+/// Runs CMD inside the gate and exits with its code.
+pub fn run(ctx: &Ctx, args: &GuardArgs) -> Result<u8> {
+    if !ctx.state_dir.is_dir() {
+        tracing::debug!(
+            "no state folder at {}; running without the pause gate",
+            ctx.state_dir.display()
+        );
+        return run_child(&args.cmd);
+    }
+    let name = args.name.clone().unwrap_or_else(|| default_name(&args.cmd));
+    let gate = PauseGate::new(&ctx.state_dir);
+    let opts = WriterOptions {
+        name: name.clone(),
+        max_wait: args.max_wait,
+    };
+    let guard = match gate.writer(&opts) {
+        Ok(g) => g,
+        Err(err) => {
+            ctx.warn(format!(
+                "pause gate unavailable ({err}); running {name} without it"
+            ));
+            return run_child(&args.cmd);
+        }
+    };
+    if guard.pause_exceeded() {
+        let by = guard
+            .paused_by()
+            .map_or_else(String::new, |pid| format!(" by pid {pid}"));
+        ctx.warn(format!(
+            "the pause{by} lasted longer than {}s; running {name} anyway",
+            args.max_wait.as_secs_f64()
+        ));
+    } else if !guard.waited().is_zero() && guard.paused_by().is_some() {
+        tracing::info!("waited {:?} for a pause to end", guard.waited());
+    }
+    let code = run_child(&args.cmd);
+    if let Err(err) = guard.finish() {
+        ctx.warn(format!("cannot record the writer window: {err}"));
+    }
+    code
+}
+
+fn default_name(cmd: &[OsString]) -> String {
+    cmd.first()
+        .and_then(|p| Path::new(p).file_name())
+        .map_or_else(|| "writer".into(), |n| n.to_string_lossy().into_owned())
+}
