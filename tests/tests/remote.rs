@@ -1,0 +1,326 @@
+//! `wsync remote` and `wsync serve` end to end: local peers, a real sshd on
+//! 127.0.0.1, SIGKILL mid-transfer, watch.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use wsync_testutils::{KillOnDrop, Sshd, wait_until, wsync, wsync_bin, wsync_cmd, wsync_ok};
+
+type Snap = BTreeMap<Vec<u8>, (char, Vec<u8>, bool)>;
+
+fn snap(root: &Path) -> Snap {
+    fn walk(root: &Path, dir: &Path, out: &mut Snap) {
+        for de in std::fs::read_dir(dir).unwrap() {
+            let p = de.unwrap().path();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            if rel == b".wsync" {
+                continue;
+            }
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if md.file_type().is_symlink() {
+                let t = std::fs::read_link(&p).unwrap();
+                out.insert(rel, ('l', t.as_os_str().as_bytes().to_vec(), false));
+            } else if md.is_dir() {
+                out.insert(rel, ('d', Vec::new(), false));
+                walk(root, &p, out);
+            } else {
+                let x = md.permissions().mode() & 0o100 != 0;
+                out.insert(rel, ('f', std::fs::read(&p).unwrap(), x));
+            }
+        }
+    }
+    let mut out = Snap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn write(root: &Path, rel: &str, data: &[u8]) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, data).unwrap();
+}
+
+fn fill(root: &Path) {
+    write(root, "README.md", b"# hi\n");
+    write(root, "src/lib.rs", b"pub fn f() {}\n");
+    write(root, "bin/tool", b"#!/bin/sh\necho tool\n");
+    std::fs::set_permissions(
+        root.join("bin/tool"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("README.md", root.join("link")).unwrap();
+    std::fs::create_dir_all(root.join("empty")).unwrap();
+    std::fs::write(
+        root.join(std::ffi::OsStr::from_bytes(b"na\xefve")),
+        b"bytes",
+    )
+    .unwrap();
+    write(root, "target/debug/junk", b"excluded by default");
+    let big: Vec<u8> = (0..400_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
+        .collect();
+    write(root, "data/big.bin", &big);
+}
+
+fn without_target(mut s: Snap) -> Snap {
+    s.retain(|k, _| !k.starts_with(b"target"));
+    s
+}
+
+#[test]
+fn local_peer_push_pull_sync_with_stats_json_and_dry_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    std::fs::create_dir_all(&a).unwrap();
+    fill(&a);
+    let a_s = a.to_str().unwrap();
+    let b_s = b.to_str().unwrap();
+    let c_s = c.to_str().unwrap();
+
+    let out = wsync_ok(dir.path(), &["remote", "push", a_s, b_s, "--dry-run"]);
+    assert!(out.contains("send README.md"), "{out}");
+    assert!(!b.exists(), "a dry run writes nothing");
+
+    let out = wsync_ok(dir.path(), &["--json", "remote", "push", a_s, b_s]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["files_sent"], 6, "{v}");
+    assert_eq!(without_target(snap(&a)), snap(&b));
+
+    // One byte changes: a delta, mostly matched.
+    let mut big = std::fs::read(a.join("data/big.bin")).unwrap();
+    big[200_000] ^= 0x55;
+    std::fs::write(a.join("data/big.bin"), &big).unwrap();
+    let out = wsync_ok(dir.path(), &["--json", "remote", "push", a_s, b_s]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["files_sent"], 1, "{v}");
+    assert!(v["matched_bytes"].as_u64().unwrap() > 390_000, "{v}");
+
+    let out = wsync_ok(dir.path(), &["remote", "pull", c_s, b_s, "--stats"]);
+    assert!(out.contains("received"), "{out}");
+    assert_eq!(snap(&c), snap(&b));
+
+    // Two-way: the first sync records the common base, then an edit on each side.
+    wsync_ok(dir.path(), &["remote", "sync", a_s, b_s]);
+    write(&b, "src/lib.rs", b"pub fn g() {}\n");
+    write(&a, "new.txt", b"new");
+    wsync_ok(dir.path(), &["remote", "sync", a_s, b_s]);
+    assert_eq!(without_target(snap(&a)), snap(&b));
+    assert_eq!(
+        std::fs::read(a.join("src/lib.rs")).unwrap(),
+        b"pub fn g() {}\n"
+    );
+}
+
+#[test]
+fn conflicts_exit_code_and_listing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    write(&a, "f.txt", b"base");
+    let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
+    wsync_ok(dir.path(), &["remote", "sync", a_s, b_s]);
+    write(&a, "f.txt", b"mine");
+    write(&b, "f.txt", b"theirs!");
+    let out = wsync(dir.path(), &["remote", "sync", a_s, b_s]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sync-conflict"));
+    let list = wsync(dir.path(), &["remote", "conflicts", a_s]);
+    assert_eq!(list.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&list.stdout).contains("f.sync-conflict-"));
+    assert_eq!(snap(&a), snap(&b));
+}
+
+#[test]
+fn vanished_root_halts_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    write(&a, "one", b"1");
+    write(&a, "two", b"2");
+    let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
+    wsync_ok(dir.path(), &["remote", "sync", a_s, b_s]);
+    std::fs::rename(&b, dir.path().join("unmounted")).unwrap();
+    let out = wsync(dir.path(), &["remote", "sync", a_s, b_s]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--allow-mass-delete"), "{err}");
+    assert!(a.join("one").exists() && !b.exists());
+}
+
+#[test]
+fn missing_remote_wsync_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    write(&a, "f", b"x");
+    // `sh` stands in for ssh: it runs the remote command locally.
+    let out = wsync(
+        dir.path(),
+        &[
+            "remote",
+            "push",
+            a.to_str().unwrap(),
+            "somehost:/tmp/nowhere",
+            "--rsh",
+            "sh -c 'exec sh -c \"$1\"'",
+            "--remote-wsync",
+            "/nonexistent/wsync",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not answer the handshake"), "{err}");
+    assert!(err.contains("--remote-wsync"), "{err}");
+}
+
+#[test]
+fn over_real_sshd() {
+    let Some(sshd) = Sshd::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    std::fs::create_dir_all(&a).unwrap();
+    fill(&a);
+    let rsh = sshd.ssh_command();
+    let bin = wsync_bin();
+    let peer = format!("{}:{}", sshd.destination(), b.display());
+    let run = |verb: &str, local: &Path| {
+        wsync_ok(
+            dir.path(),
+            &[
+                "remote",
+                verb,
+                local.to_str().unwrap(),
+                &peer,
+                "--rsh",
+                &rsh,
+                "--remote-wsync",
+                bin.to_str().unwrap(),
+            ],
+        )
+    };
+    run("push", &a);
+    assert_eq!(without_target(snap(&a)), snap(&b));
+    run("pull", &c);
+    assert_eq!(snap(&c), snap(&b));
+    // Two-way over ssh: an edit, a deletion and a conflict.
+    run("sync", &a);
+    write(&b, "README.md", b"# edited remotely\n");
+    std::fs::remove_file(a.join("src/lib.rs")).unwrap();
+    write(&a, "both.txt", b"local");
+    write(&b, "both.txt", b"remote!");
+    let out = wsync(
+        dir.path(),
+        &[
+            "remote",
+            "sync",
+            a.to_str().unwrap(),
+            &peer,
+            "--rsh",
+            &rsh,
+            "--remote-wsync",
+            bin.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert_eq!(without_target(snap(&a)), snap(&b));
+    assert!(!b.join("src/lib.rs").exists());
+    assert_eq!(
+        std::fs::read(a.join("README.md")).unwrap(),
+        b"# edited remotely\n"
+    );
+    let copies = snap(&a)
+        .keys()
+        .filter(|k| k.windows(15).any(|w| w == b".sync-conflict-"))
+        .count();
+    assert_eq!(copies, 1);
+}
+
+#[test]
+fn sigkill_mid_transfer_leaves_no_partial_file_and_rerun_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    // Incompressible, large enough to be mid-flight when killed.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let big: Vec<u8> = (0..96 * 1024 * 1024 / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    std::fs::write(a.join("big.bin"), &big).unwrap();
+    let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let child = wsync_cmd(dir.path())
+        .args(["remote", "push", a_s, b_s])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let started = wait_until(Duration::from_secs(30), || {
+        std::fs::read_dir(&b).unwrap().any(|e| {
+            let n = e.unwrap().file_name();
+            n.as_bytes().starts_with(b".wsync-tmp.")
+        })
+    });
+    assert!(started, "the transfer never started");
+    child.kill();
+    // Whatever happened, the final path holds nothing or the whole file.
+    if let Ok(got) = std::fs::read(b.join("big.bin")) {
+        assert!(got == big, "partial file at the final path");
+    }
+    wsync_ok(dir.path(), &["remote", "push", a_s, b_s]);
+    assert!(std::fs::read(b.join("big.bin")).unwrap() == big);
+}
+
+#[test]
+fn watch_propagates_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    write(&a, "start.txt", b"s");
+    std::fs::create_dir_all(&b).unwrap();
+    let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let child = wsync_cmd(dir.path())
+        .args(["remote", "watch", a_s, b_s])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _child = KillOnDrop(child);
+    assert!(wait_until(Duration::from_secs(20), || b
+        .join("start.txt")
+        .exists()));
+    write(&a, "from-a.txt", b"A");
+    assert!(wait_until(Duration::from_secs(20), || std::fs::read(
+        b.join("from-a.txt")
+    )
+    .is_ok_and(|c| c == b"A")));
+    write(&b, "sub/from-b.txt", b"B");
+    assert!(wait_until(Duration::from_secs(20), || std::fs::read(
+        a.join("sub/from-b.txt")
+    )
+    .is_ok_and(|c| c == b"B")));
+    std::fs::remove_file(a.join("start.txt")).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || !b
+        .join("start.txt")
+        .exists()));
+}
