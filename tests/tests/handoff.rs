@@ -202,7 +202,7 @@ fn connect_print_shows_sync_and_ssh_commands() {
         ],
     );
     let dest = sshd.destination();
-    assert!(out.contains(&format!("remote push --rsh")), "{out}");
+    assert!(out.contains("remote sync --rsh"), "{out}");
     assert!(
         out.contains(&format!("{dest}:{}", repo.path().display())),
         "{out}"
@@ -260,4 +260,91 @@ fn connect_runs_a_command_in_the_same_folder_over_real_ssh() {
         serde_json::from_str(&std::fs::read_to_string(far_root.join(FILE)).unwrap()).unwrap();
     assert_eq!(arrived["note"], "over ssh");
     assert_eq!(arrived["folder"], "app");
+}
+
+#[test]
+fn connect_syncs_the_tree_with_wsync_remote_then_runs_in_the_folder() {
+    let Some(sshd) = Sshd::start() else { return };
+    let repo = TestRepo::with_commit();
+    repo.write("app/main.rs", "fn main() {}\n");
+    let far = tempfile::tempdir().unwrap();
+    let far_root = far.path().join("ws");
+    let bin = wsync_testutils::wsync_bin();
+    let out = wsync_cmd(&repo.path().join("app"))
+        .args([
+            "handoff",
+            "connect",
+            &sshd.destination(),
+            "--rsh",
+            &sshd.ssh_command(),
+            "--remote-wsync",
+            bin.to_str().unwrap(),
+            "--remote-root",
+            far_root.to_str().unwrap(),
+            "--command",
+            "echo REMOTE_PWD=$(pwd)",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_success(&out, "handoff connect with wsync remote sync");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let pwd = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("REMOTE_PWD="))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(
+        Path::new(pwd).canonicalize().unwrap(),
+        far_root.join("app").canonicalize().unwrap()
+    );
+    // The whole tree went across, the record with it.
+    assert_eq!(
+        std::fs::read_to_string(far_root.join("app/main.rs")).unwrap(),
+        "fn main() {}\n"
+    );
+    let arrived: Value =
+        serde_json::from_str(&std::fs::read_to_string(far_root.join(FILE)).unwrap()).unwrap();
+    assert_eq!(arrived["folder"], "app");
+}
+
+#[test]
+fn the_config_allow_list_is_used_and_still_refuses_secrets() {
+    let repo = TestRepo::with_commit();
+    let state = repo.path().join(".wsync");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("config.json"),
+        r#"{"handoff": {"env_allow": ["RUST_LOG", "STRIPE_API_KEY"]}}"#,
+    )
+    .unwrap();
+    let out = wsync_cmd(repo.path())
+        .args(["handoff", "save", "--json"])
+        .env("RUST_LOG", "debug")
+        .env("STRIPE_API_KEY", "sk_live_do_not_leak")
+        .env("NOT_ALLOWED", "nope")
+        .output()
+        .unwrap();
+    assert_success(&out, "handoff save");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["handoff"]["env"],
+        serde_json::json!({"RUST_LOG": "debug"})
+    );
+    assert_eq!(report["warnings"][0]["kind"], "secret_refused");
+    assert_eq!(report["warnings"][0]["name"], "STRIPE_API_KEY");
+    assert!(!repo.read(FILE).contains("sk_live"));
+
+    // A broken config is an error naming the file, not a silent default.
+    std::fs::write(
+        state.join("config.json"),
+        r#"{"handoff": {"env_allow": 3}}"#,
+    )
+    .unwrap();
+    let out = wsync_cmd(repo.path())
+        .args(["handoff", "save"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("env_allow"), "{stderr}");
 }

@@ -14,8 +14,9 @@ use crate::procs::DevServer;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncMode {
-    /// Push the whole synced tree with `wsync remote push` (carries the
-    /// record with everything else).
+    /// Two-way sync of the whole tree with `wsync remote sync` (carries the
+    /// record with everything else; edits on HOST are never overwritten:
+    /// conflicts keep both versions).
     #[default]
     Remote,
     /// Copy only the record file over ssh (`cat > tmp && mv`).
@@ -38,8 +39,10 @@ pub struct ConnectOptions {
     pub command: Option<String>,
     /// How the record is carried.
     pub sync: SyncMode,
-    /// The `wsync` program to run `remote push` with (default `wsync`).
+    /// The `wsync` program to run `remote sync` with (default `wsync`).
     pub wsync_exe: Option<PathBuf>,
+    /// The `wsync` program on HOST (default `wsync` on its `PATH`).
+    pub remote_wsync: Option<String>,
 }
 
 /// One command of a plan.
@@ -126,10 +129,14 @@ pub fn connect_plan(
                 .wsync_exe
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("wsync"));
-            let mut args = vec!["remote".to_owned(), "push".to_owned()];
+            let mut args = vec!["remote".to_owned(), "sync".to_owned()];
             if options.rsh.is_some() {
                 args.push("--rsh".to_owned());
                 args.push(rsh_line.clone());
+            }
+            if let Some(remote_wsync) = &options.remote_wsync {
+                args.push("--remote-wsync".to_owned());
+                args.push(remote_wsync.clone());
             }
             args.push(local_root.to_string_lossy().into_owned());
             args.push(format!("{host}:{}", remote_root.to_string_lossy()));
@@ -335,7 +342,7 @@ mod tests {
         assert_eq!(plan.steps.len(), 2);
         assert_eq!(
             plan.steps[0].command_line(),
-            "wsync remote push /home/me/ws box:/home/me/ws"
+            "wsync remote sync /home/me/ws box:/home/me/ws"
         );
         let ssh = &plan.steps[1];
         assert_eq!(ssh.program, "ssh");
@@ -365,6 +372,7 @@ mod tests {
                 command: Some("pwd".into()),
                 sync: SyncMode::File,
                 wsync_exe: None,
+                remote_wsync: None,
             },
         )
         .unwrap();

@@ -55,7 +55,7 @@ pub struct SaveArgs {
 /// How `connect` carries the record.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum SyncArg {
-    /// `wsync remote push` of the whole workspace.
+    /// `wsync remote sync` of the whole workspace (two-way; conflicts keep both).
     Remote,
     /// Copy only the handoff file over ssh.
     File,
@@ -78,6 +78,9 @@ pub struct ConnectArgs {
     /// The ssh command line (default `ssh`).
     #[arg(long, value_name = "CMD")]
     pub rsh: Option<String>,
+    /// The `wsync` program on HOST (default `wsync` on its PATH).
+    #[arg(long, value_name = "PATH")]
+    pub remote_wsync: Option<String>,
     /// The workspace's path on HOST (default: the same path as here).
     #[arg(long, value_name = "DIR")]
     pub remote_root: Option<PathBuf>,
@@ -148,9 +151,11 @@ fn save(ctx: &Ctx, store: &HandoffStore, args: &SaveArgs) -> Result<SaveReport> 
     Ok(report)
 }
 
-/// The config's `handoff.env_allow` (empty until the config exists).
-fn config_env_allow(_ctx: &Ctx) -> Result<Vec<String>> {
-    Ok(Vec::new())
+/// The config's `handoff.env_allow` (`<state>/config.json`; empty when
+/// there is no config).
+fn config_env_allow(ctx: &Ctx) -> Result<Vec<String>> {
+    let config = wsync_coordinator::Config::load(&ctx.state_dir)?;
+    Ok(config.handoff.env_allow)
 }
 
 /// The tmux session and window, when running inside tmux.
@@ -181,6 +186,7 @@ fn connect(ctx: &Ctx, store: &HandoffStore, args: &ConnectArgs) -> Result<u8> {
             SyncArg::None => SyncMode::None,
         },
         wsync_exe: std::env::current_exe().ok(),
+        remote_wsync: args.remote_wsync.clone(),
     };
     let plan = wsync_session::connect_plan(&report.handoff, store.root(), &options)?;
     if args.print {
@@ -208,7 +214,10 @@ fn connect(ctx: &Ctx, store: &HandoffStore, args: &ConnectArgs) -> Result<u8> {
         let status = cmd
             .status()
             .with_context(|| format!("cannot run {}", step.program))?;
-        if !status.success() {
+        if status.code() == Some(i32::from(exit::CONFLICTS)) {
+            // Both versions were kept; the record itself went across.
+            ctx.warn("the sync left conflicts (see `wsync remote conflicts`); continuing");
+        } else if !status.success() {
             bail!(
                 "could not {} ({}): {status}",
                 step.what,
