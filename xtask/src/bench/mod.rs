@@ -8,6 +8,8 @@
 // Helpers below are used by the benchmarks registered in `BENCHES`.
 #![allow(dead_code)]
 
+mod lock;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -96,7 +98,7 @@ impl Row {
 type BenchFn = fn(&BenchCtx) -> Result<Vec<Row>>;
 
 /// Every benchmark, by name.
-pub const BENCHES: &[(&str, BenchFn)] = &[];
+pub const BENCHES: &[(&str, BenchFn)] = &[("lock", lock::run)];
 
 /// Runs the named benchmarks (all when none) and writes the results.
 pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
