@@ -1,9 +1,9 @@
 //! The staging decision: which pending paths are the user's (commit them)
-//! and which are the system's (never stage them).
+//! and which are the system's (never stage them), by `wsync-filter`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use ignore::gitignore::{Gitignore, GitignoreBuilder};
+use wsync_filter::{Action, Change, ChangeKind, Filter, FilterConfig, Verdict as FilterVerdict};
 
 use crate::Error;
 use crate::config::FiltersConfig;
@@ -14,56 +14,97 @@ use crate::git::Pending;
 pub struct Verdict {
     /// Commit it.
     pub user: bool,
-    /// The rule or reason, for logs and `status`.
+    /// The layer, rule and reason, for logs and `status`.
     pub reason: String,
 }
 
 /// Decides whether a changed path is a user change.
+#[derive(Debug)]
 pub(crate) struct Classifier {
-    excludes: Gitignore,
+    filter: Filter,
+    workspace: PathBuf,
 }
 
-impl std::fmt::Debug for Classifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Classifier").finish_non_exhaustive()
-    }
+/// The `wsync-filter` settings for a workspace's `filters.*` config.
+pub fn filter_config(workspace: &Path, filters: &FiltersConfig) -> Result<FilterConfig, Error> {
+    let default_action = Action::parse(&filters.default_action).ok_or_else(|| Error::ConfigKey {
+        key: "filters.default_action".into(),
+        why: format!(
+            "{:?} is not one of \"allow\", \"block\", \"analyze\"",
+            filters.default_action
+        ),
+    })?;
+    Ok(FilterConfig {
+        rules_file: filters.rules_file.as_ref().map(|p| workspace.join(p)),
+        exclude_patterns: filters.exclude_patterns.clone(),
+        use_gitignore: filters.use_gitignore,
+        default_action,
+        volatile_keys: filters.volatile_keys.clone(),
+        system_process_patterns: filters.system_process_patterns.clone(),
+        scan_open_files: filters.scan_open_files,
+        ..FilterConfig::default()
+    })
 }
 
 impl Classifier {
-    /// Compiles the exclude patterns once.
-    pub fn new(workspace: &Path, filters: &FiltersConfig) -> Result<Self, Error> {
-        let mut b = GitignoreBuilder::new(workspace);
-        for (i, pat) in filters.exclude_patterns.iter().enumerate() {
-            b.add_line(None, pat).map_err(|e| Error::ConfigKey {
-                key: format!("filters.exclude_patterns[{i}]"),
-                why: format!("invalid pattern {pat:?}: {e}"),
-            })?;
-        }
-        let excludes = b.build().map_err(|e| Error::ConfigKey {
-            key: "filters.exclude_patterns".into(),
-            why: e.to_string(),
-        })?;
-        Ok(Self { excludes })
+    /// Builds the filter once for a run.
+    pub fn new(workspace: &Path, state_dir: &Path, filters: &FiltersConfig) -> Result<Self, Error> {
+        let config = filter_config(workspace, filters)?;
+        let filter = Filter::new(workspace, state_dir, &config)?;
+        Ok(Self {
+            filter,
+            workspace: workspace.to_path_buf(),
+        })
     }
 
-    /// The verdict for one pending path.
-    pub fn classify(&self, p: &Pending) -> Verdict {
-        self.classify_path(&p.path)
+    /// Verdicts for pending paths, in order (all three layers; one `/proc`
+    /// scan for the batch).
+    pub fn classify_all(&self, pending: &[Pending]) -> Vec<Verdict> {
+        let changes: Vec<Change> = pending
+            .iter()
+            .map(|p| {
+                let kind = if p.deleted {
+                    ChangeKind::Deleted
+                } else if p.created {
+                    ChangeKind::Created
+                } else {
+                    ChangeKind::Modified
+                };
+                let mtime = if p.deleted {
+                    None
+                } else {
+                    self.workspace
+                        .join(&p.path)
+                        .symlink_metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                };
+                Change {
+                    path: PathBuf::from(&p.path),
+                    kind,
+                    mtime,
+                }
+            })
+            .collect();
+        self.filter
+            .classify_all(&changes)
+            .into_iter()
+            .map(|d| Verdict {
+                user: d.verdict == FilterVerdict::Sync,
+                reason: format!(
+                    "{} ({}{})",
+                    d.reason,
+                    d.layer,
+                    d.rule.map(|r| format!(": {r}")).unwrap_or_default()
+                ),
+            })
+            .collect()
     }
 
-    /// The verdict for a workspace-relative path.
-    pub fn classify_path(&self, path: &str) -> Verdict {
-        let m = self.excludes.matched_path_or_any_parents(path, false);
-        if let Some(glob) = m.is_ignore().then(|| m.inner()).flatten() {
-            return Verdict {
-                user: false,
-                reason: format!("exclude pattern `{}`", glob.original()),
-            };
-        }
-        Verdict {
-            user: true,
-            reason: "no exclude pattern matched".into(),
-        }
+    /// Whether layer 1 (rules and excludes; no I/O) calls a path system.
+    /// Used to settle merge conflicts of system files automatically.
+    pub fn is_system_path(&self, path: &str) -> bool {
+        self.filter.rules(Path::new(path)).verdict == FilterVerdict::Block
     }
 }
 
@@ -74,23 +115,25 @@ mod tests {
 
     #[test]
     fn default_patterns_block_system_files() {
-        let c = Classifier::new(Path::new("/ws"), &FiltersConfig::default()).unwrap();
+        let ws = tempfile::tempdir().unwrap();
+        let c = Classifier::new(ws.path(), &ws.path().join(".wsync"), &FiltersConfig::default())
+            .unwrap();
         for p in ["a.log", "x/y/z.tmp", "node_modules/a/b.js", "run/app.pid", ".DS_Store"] {
-            assert!(!c.classify_path(p).user, "{p}");
+            assert!(c.is_system_path(p), "{p}");
         }
-        for p in ["src/main.rs", "README.md", "log/readme.txt", "notes.logs"] {
-            assert!(c.classify_path(p).user, "{p}");
+        for p in ["src/main.rs", "README.md", "notes.logs"] {
+            assert!(!c.is_system_path(p), "{p}");
         }
-        assert!(c.classify_path("a.log").reason.contains("*.log"));
     }
 
     #[test]
-    fn bad_pattern_names_the_key() {
+    fn bad_settings_name_the_key() {
+        let ws = tempfile::tempdir().unwrap();
         let f = FiltersConfig {
-            exclude_patterns: vec!["ok".into(), "a{b".into()],
+            default_action: "maybe".into(),
             ..FiltersConfig::default()
         };
-        let err = Classifier::new(Path::new("/ws"), &f).unwrap_err().to_string();
-        assert!(err.contains("filters.exclude_patterns[1]"), "{err}");
+        let err = Classifier::new(ws.path(), ws.path(), &f).unwrap_err().to_string();
+        assert!(err.contains("filters.default_action"), "{err}");
     }
 }

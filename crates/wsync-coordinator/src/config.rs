@@ -151,20 +151,26 @@ pub struct FiltersConfig {
     /// Gitignore-style patterns that are never committed.
     pub exclude_patterns: Vec<String>,
     /// A rules file of `ACTION:REGEX:DESCRIPTION` lines (relative to the
-    /// workspace), if any.
+    /// workspace); `null` means `<state>/rules.conf` if present, else the
+    /// built-in rules.
     pub rules_file: Option<PathBuf>,
+    /// Also never commit what the workspace's `.gitignore` ignores.
+    pub use_gitignore: bool,
     /// JSON keys whose changes alone make a change a system change.
     pub volatile_keys: Vec<String>,
     /// Command-line patterns of the autonomous system's processes.
     pub system_process_patterns: Vec<String>,
-    /// The verdict for paths no rule decides: `sync` or `block`.
+    /// Look for system processes holding changed files open (`/proc`).
+    pub scan_open_files: bool,
+    /// The action for paths no rule decides: `allow`, `block` or `analyze`.
     pub default_action: String,
 }
 
 impl Default for FiltersConfig {
     fn default() -> Self {
+        let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         Self {
-            exclude_patterns: [
+            exclude_patterns: strings(&[
                 "*.tmp",
                 "*.log",
                 ".DS_Store",
@@ -174,15 +180,13 @@ impl Default for FiltersConfig {
                 "*.swp",
                 "*~",
                 ".wsync/",
-            ]
-            .map(String::from)
-            .to_vec(),
+            ]),
             rules_file: None,
-            volatile_keys: ["timestamp", "last_update", "session_id"]
-                .map(String::from)
-                .to_vec(),
-            system_process_patterns: Vec::new(),
-            default_action: "sync".into(),
+            use_gitignore: true,
+            volatile_keys: strings(wsync_filter::DEFAULT_VOLATILE_KEYS),
+            system_process_patterns: strings(wsync_filter::DEFAULT_SYSTEM_PROCESS_PATTERNS),
+            scan_open_files: true,
+            default_action: "analyze".into(),
         }
     }
 }

@@ -165,7 +165,7 @@ pub(crate) fn resolve_index(
         };
         let ours = c.our.map(stage0);
         let theirs = c.their.map(stage0);
-        let system = !ctx.classifier.classify_path(&path).user;
+        let system = ctx.classifier.is_system_path(&path);
         let mut note = None;
         let strategy = if system {
             "system".to_owned()

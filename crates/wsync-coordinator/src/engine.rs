@@ -385,7 +385,7 @@ impl SyncEngine {
     }
 
     fn classifier(&self) -> Result<Classifier, Error> {
-        Classifier::new(&self.workspace, &self.config.filters)
+        Classifier::new(&self.workspace, &self.state_dir, &self.config.filters)
     }
 
     /// Pending changes split into (user, system) paths.
@@ -394,8 +394,10 @@ impl SyncEngine {
         let classifier = self.classifier()?;
         let mut user = Vec::new();
         let mut system = Vec::new();
-        for p in git::pending(&repo, &self.workspace)? {
-            if classifier.classify(&p).user {
+        let pending = git::pending(&repo, &self.workspace)?;
+        let verdicts = classifier.classify_all(&pending);
+        for (p, v) in pending.into_iter().zip(verdicts) {
+            if v.user {
                 user.push(p.path);
             } else {
                 system.push(p.path);
@@ -762,11 +764,12 @@ impl SyncEngine {
         let head = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
         let mut unstage = Vec::new();
         let mut files = Vec::new();
-        for p in pending {
+        let verdicts = classifier.classify_all(&pending);
+        for (p, v) in pending.into_iter().zip(verdicts) {
             if p.path.ends_with('/') {
                 continue; // a nested repository
             }
-            if classifier.classify(&p).user {
+            if v.user {
                 let path = Path::new(&p.path);
                 if p.deleted {
                     index.remove_path(path)
