@@ -98,6 +98,25 @@ pub enum Command {
     Snapshot(cmd::snapshot::SnapshotArgs),
     /// Return the workspace to a snapshot (the newest when no id is given).
     Rollback(cmd::snapshot::RestoreArgs),
+    /// Queue a sync request; prints the ticket id (identical pending requests merge).
+    #[command(name = "request-sync")]
+    RequestSync(cmd::queue::RequestArgs),
+    /// Drain the sync queue once through the sync engine.
+    Process(cmd::queue::ProcessArgs),
+    /// The sync queue: list, clear, history.
+    Queue(cmd::queue::QueueArgs),
+    /// The background daemon: run, start, stop, status, logs.
+    Daemon(cmd::daemon::DaemonArgs),
+    /// Enable automatic syncs and start the daemon (old name of `config enable`).
+    #[command(name = "start-scheduler")]
+    StartScheduler,
+    /// Disable automatic syncs (old name of `config disable`).
+    #[command(name = "stop-scheduler")]
+    StopScheduler,
+    /// Health checks: repository, disk, stale lock, stuck queue entries.
+    Health(cmd::health::HealthArgs),
+    /// Watch the workspace and sync user changes as they settle (foreground).
+    Watch(cmd::watch::WatchArgs),
 }
 
 /// Parses the process arguments, runs the command and returns its exit code.
@@ -166,5 +185,13 @@ fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
         Command::Pause(args) => cmd::pause::run(&ctx()?, args),
         Command::Snapshot(args) => cmd::snapshot::run(&ctx()?, args),
         Command::Rollback(args) => cmd::snapshot::run_rollback(&ctx()?, args),
+        Command::RequestSync(args) => cmd::queue::run_request(&ctx()?, args),
+        Command::Process(args) => cmd::queue::run_process(&ctx()?, args),
+        Command::Queue(args) => cmd::queue::run(&ctx()?, args),
+        Command::Daemon(args) => cmd::daemon::run(&ctx()?, args),
+        Command::StartScheduler => cmd::daemon::start_scheduler(&ctx()?),
+        Command::StopScheduler => cmd::daemon::stop_scheduler(&ctx()?),
+        Command::Health(args) => cmd::health::run(&ctx()?, args),
+        Command::Watch(args) => cmd::watch::run(&ctx()?, args),
     }
 }

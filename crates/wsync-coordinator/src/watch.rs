@@ -26,7 +26,7 @@
 //!     workspace: "/home/me/ws".into(),
 //!     state_dir: "/home/me/ws/.wsync".into(),
 //!     config: WatchConfig::default(),
-//!     filter: wsync_filter::FilterConfig::default(),
+//!     filters: wsync_coordinator::config::FiltersConfig::default(),
 //! };
 //! let watcher = Watcher::start(&opts, Box::new(|event| eprintln!("{event:?}")))?;
 //! std::thread::sleep(std::time::Duration::from_secs(60));
@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use notify::{PollWatcher, RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, NoCache, new_debouncer_opt};
 use serde::{Deserialize, Serialize};
-use wsync_filter::{Change, ChangeKind, Filter, FilterConfig, Verdict};
+use wsync_filter::{Change, ChangeKind, Filter, Verdict};
 
 pub use settle::{PathClass, Settler, Timings};
 
@@ -119,8 +119,8 @@ pub struct WatchOptions {
     pub state_dir: PathBuf,
     /// Timings.
     pub config: WatchConfig,
-    /// How the filter is built.
-    pub filter: FilterConfig,
+    /// The `filters` config section (the same filter the engine uses).
+    pub filters: crate::config::FiltersConfig,
 }
 
 /// Something the watcher saw or did.
@@ -198,7 +198,11 @@ impl Watcher {
             .map_err(|e| store::io_err(&opts.workspace, e))?;
         let state_dir =
             std::fs::canonicalize(&opts.state_dir).unwrap_or_else(|_| opts.state_dir.clone());
-        let filter = Filter::new(&workspace, &state_dir, &opts.filter)?;
+        let filter = Filter::new(
+            &workspace,
+            &state_dir,
+            &crate::classify::filter_config(&workspace, &opts.filters)?,
+        )?;
         let (tx, rx) = channel::<Msg>();
         let mut backend =
             Backend::new(&workspace, &state_dir, &opts.config, tx.clone(), &mut sink)?;
