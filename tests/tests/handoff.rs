@@ -142,6 +142,36 @@ fn a_running_dev_server_and_its_port_are_recorded() {
     assert!(resume.contains("servers to restart"), "{resume}");
     assert!(resume.contains("http.server"), "{resume}");
     server.kill();
+
+    // resume --start restarts it here, detached, in the same folder.
+    let started = wsync_ok(repo.path(), &["handoff", "resume", "--start"]);
+    let pgid: i32 = started
+        .lines()
+        .find_map(|l| l.strip_prefix("started pid "))
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("{started}"));
+    let _group = KillGroupOnDrop(pgid);
+    let listening_again = wait_until(Duration::from_secs(20), || {
+        wsync_ok(repo.path(), &["handoff", "save"]);
+        show_json(repo.path())["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["folder"] == "web" && !s["ports"].as_array().unwrap().is_empty())
+    });
+    assert!(listening_again, "the restarted server never listened");
+}
+
+/// SIGKILLs a whole process group on drop.
+struct KillGroupOnDrop(i32);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0)])
+            .status();
+    }
 }
 
 #[test]

@@ -309,8 +309,21 @@ pub struct Resume {
     pub folder_exists: bool,
     /// Branch/HEAD comparison.
     pub branch: BranchCheck,
-    /// Commands that restart the saved servers here (`cd DIR && CMD`).
-    pub server_commands: Vec<String>,
+    /// The saved servers, to restart here.
+    pub servers: Vec<ServerRestart>,
+}
+
+/// A saved server, placed in this machine's tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerRestart {
+    /// Its folder here.
+    pub folder: PathBuf,
+    /// Its command line (run with `sh -c` in `folder`).
+    pub command: String,
+    /// The ports it listened on.
+    pub ports: Vec<u16>,
+    /// `cd FOLDER && COMMAND`, ready to paste.
+    pub line: String,
 }
 
 /// Compares a saved record with this machine's copy of the root.
@@ -340,15 +353,21 @@ pub fn resume(handoff: &Handoff, local_root: &Path) -> Result<Resume> {
             }
         }
     };
-    let server_commands = handoff
+    let servers = handoff
         .servers
         .iter()
         .map(|s| {
-            format!(
-                "cd {} && {}",
-                shell_quote(&local_root.join(&s.folder).to_string_lossy()),
-                s.command
-            )
+            let folder = local_root.join(&s.folder);
+            ServerRestart {
+                line: format!(
+                    "cd {} && {}",
+                    shell_quote(&folder.to_string_lossy()),
+                    s.command
+                ),
+                folder,
+                command: s.command.clone(),
+                ports: s.ports.clone(),
+            }
         })
         .collect();
     Ok(Resume {
@@ -356,7 +375,7 @@ pub fn resume(handoff: &Handoff, local_root: &Path) -> Result<Resume> {
         folder,
         folder_exists,
         branch,
-        server_commands,
+        servers,
     })
 }
 

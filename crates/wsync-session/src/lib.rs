@@ -63,7 +63,7 @@ pub use env::{DEFAULT_SECRET_PATTERNS, EnvFilter, filter_env};
 pub use error::{Error, Result};
 pub use git::{GitState, git_state};
 pub use handoff::{
-    BranchCheck, HANDOFF_FILE, Handoff, HandoffStore, Resume, SaveInput, SaveReport,
+    BranchCheck, HANDOFF_FILE, Handoff, HandoffStore, Resume, SaveInput, SaveReport, ServerRestart,
     SessionOptions, TmuxInfo, Warning, default_host, resume,
 };
 pub use procs::{DEFAULT_IGNORED_PROGRAMS, DevServer, ProcScan, listening_inodes, scan_processes};

@@ -37,7 +37,12 @@ pub enum HandoffAction {
     Connect(ConnectArgs),
     /// On the arriving machine: where to go, whether the branch matches, and
     /// the server commands to restart.
-    Resume,
+    Resume {
+        /// Also start the saved servers in the background (`sh -c` in their
+        /// folders; output in `<state>/servers/N.log`).
+        #[arg(long)]
+        start: bool,
+    },
 }
 
 /// Options of `handoff save` (also used by `connect`).
@@ -108,7 +113,7 @@ pub fn run(ctx: &Ctx, args: &HandoffArgs) -> Result<u8> {
             Ok(exit::SUCCESS)
         }
         HandoffAction::Connect(connect_args) => connect(ctx, &store, connect_args),
-        HandoffAction::Resume => resume(ctx, &store),
+        HandoffAction::Resume { start } => resume(ctx, &store, *start),
     }
 }
 
@@ -237,7 +242,7 @@ fn connect(ctx: &Ctx, store: &HandoffStore, args: &ConnectArgs) -> Result<u8> {
     Ok(pass_through(status))
 }
 
-fn resume(ctx: &Ctx, store: &HandoffStore) -> Result<u8> {
+fn resume(ctx: &Ctx, store: &HandoffStore, start: bool) -> Result<u8> {
     let handoff = store.load()?;
     let resume = wsync_session::resume(&handoff, &ctx.workspace)?;
     if !resume.folder_exists {
@@ -291,15 +296,57 @@ fn resume(ctx: &Ctx, store: &HandoffStore) -> Result<u8> {
                 wsync_session::shell_quote(value)
             );
         }
-        if !resume.server_commands.is_empty() {
-            text.push_str("servers to restart:\n");
-            for command in &resume.server_commands {
-                let _ = writeln!(text, "  {command}");
+        if !resume.servers.is_empty() && !start {
+            text.push_str("servers to restart (or run `wsync handoff resume --start`):\n");
+            for server in &resume.servers {
+                let _ = writeln!(text, "  {}{}", server.line, ports_text(&server.ports));
             }
         }
         text
     })?;
+    if start {
+        start_servers(ctx, &resume.servers)?;
+    }
     Ok(exit::SUCCESS)
+}
+
+/// Starts each server detached (own process group, stdin closed, output to
+/// a log file in the state folder); they outlive this process.
+fn start_servers(ctx: &Ctx, servers: &[wsync_session::ServerRestart]) -> Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let logs = ctx.state_dir.join("servers");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    for (i, server) in servers.iter().enumerate() {
+        let log_path = logs.join(format!("{}.log", i + 1));
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        let err = log
+            .try_clone()
+            .with_context(|| format!("cannot open {}", log_path.display()))?;
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(&server.command)
+            .current_dir(&server.folder)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot start {} in {}",
+                    server.command,
+                    server.folder.display()
+                )
+            })?;
+        ctx.say(format!(
+            "started pid {}: {} (log {})",
+            child.id(),
+            server.line,
+            log_path.display()
+        ));
+    }
+    Ok(())
 }
 
 fn short(oid: Option<&str>) -> &str {
