@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use wsync_coordinator::SyncMode;
 
 pub use ctx::Ctx;
 
@@ -73,8 +74,29 @@ pub struct GlobalArgs {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create the state folder and keep it out of git.
-    Init,
+    /// Set the workspace up: state folder (kept out of git), config, remote.
+    Init(cmd::init::InitArgs),
+    /// Sync now: commit user changes, fetch, integrate, push.
+    #[command(visible_alias = "sync-now")]
+    Sync(cmd::sync::SyncArgs),
+    /// Commit user changes locally, fetch and integrate; no push.
+    Pull(cmd::sync::SyncArgs),
+    /// Commit user changes and push; no fetch.
+    Push(cmd::sync::SyncArgs),
+    /// Sync bypassing the decision engine's timing (`sync --force`).
+    #[command(name = "force-sync")]
+    ForceSync(cmd::sync::SyncArgs),
+    /// Lock, pause, last sync, pending changes, conflicts, ahead/behind.
+    Status(cmd::status::StatusArgs),
+    /// The newest sync runs from the sync log.
+    Log(cmd::log::LogArgs),
+    /// Sync conflicts: list, resolve.
+    Conflicts(cmd::conflicts::ConflictsArgs),
+    /// The config: show, get, set, enable, disable, interval.
+    Config(cmd::config::ConfigArgs),
+    /// Stop a running sync, clear the pause, disable automatic syncs.
+    #[command(name = "emergency-stop")]
+    EmergencyStop(cmd::emergency::EmergencyArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -175,7 +197,22 @@ fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
     let ctx = || Ctx::from_args(&cli.global);
     match &cli.command {
         Command::Completions { shell } => cmd::completions::run(*shell),
-        Command::Init => cmd::init::run(&ctx()?),
+        Command::Init(args) => cmd::init::run(&ctx()?, args),
+        Command::Sync(args) => cmd::sync::run(&ctx()?, args, SyncMode::Sync),
+        Command::Pull(args) => cmd::sync::run(&ctx()?, args, SyncMode::Pull),
+        Command::Push(args) => cmd::sync::run(&ctx()?, args, SyncMode::Push),
+        Command::ForceSync(args) => {
+            let forced = cmd::sync::SyncArgs {
+                force: true,
+                ..args.clone()
+            };
+            cmd::sync::run(&ctx()?, &forced, SyncMode::Sync)
+        }
+        Command::Status(args) => cmd::status::run(&ctx()?, args),
+        Command::Log(args) => cmd::log::run(&ctx()?, args),
+        Command::Conflicts(args) => cmd::conflicts::run(&ctx()?, args),
+        Command::Config(args) => cmd::config::run(&ctx()?, args),
+        Command::EmergencyStop(args) => cmd::emergency::run(&ctx()?, args),
         Command::Handoff(args) => cmd::handoff::run(&ctx()?, args),
         Command::Projects(args) => cmd::projects::run(&ctx()?, args),
         Command::Remote(args) => cmd::remote::run(&ctx()?, args),

@@ -527,6 +527,7 @@ impl SyncEngine {
         clock.lap("lock");
         let recovered = self.recover_locked()?;
         let repo = git::open(&self.workspace)?;
+        crate::workspace::exclude_state_dir(&repo, &self.workspace, &self.state_dir)?;
         let target = git::preflight(
             &repo,
             &self.workspace,

@@ -32,19 +32,14 @@
 mod classify;
 pub mod config;
 pub mod conflicts;
-pub mod daemon;
 mod engine;
 mod error;
 mod fsutil;
 mod git;
-pub mod health;
 pub mod journal;
-pub mod queue;
-pub mod ratelimit;
-pub mod retry;
 mod snap;
 pub mod synclog;
-pub mod watch;
+pub mod workspace;
 
 pub use classify::Verdict;
 pub use config::{Config, Strategy};
@@ -54,3 +49,4 @@ pub use engine::{
 };
 pub use error::Error;
 pub use git::fsck;
+pub use workspace::{InitOptions, StatusReport, emergency_stop, init, status};

@@ -1,52 +1,47 @@
-//! `wsync init`: create the state folder and keep it out of git.
+//! `wsync init`: the state folder (kept out of git), the config, the remote.
 
-use std::io::Write as _;
-use std::path::Path;
-
-use anyhow::{Context as _, Result};
+use anyhow::Result;
+use clap::Args;
+use wsync_coordinator::InitOptions;
 
 use crate::ctx::Ctx;
 
-/// Creates the state folder and adds it to `.git/info/exclude`.
-pub fn run(ctx: &Ctx) -> Result<u8> {
-    std::fs::create_dir_all(&ctx.state_dir)
-        .with_context(|| format!("cannot create state folder {}", ctx.state_dir.display()))?;
-    ctx.say(format!("state folder: {}", ctx.state_dir.display()));
-    if let (Some(git_dir), Ok(rel)) = (ctx.git_dir(), ctx.state_dir.strip_prefix(&ctx.workspace)) {
-        let pattern = format!("/{}/", rel.to_string_lossy().trim_end_matches('/'));
-        if add_exclude(&git_dir.join("info").join("exclude"), &pattern)? {
-            ctx.say(format!("added {pattern} to .git/info/exclude"));
-        }
-    }
-    Ok(crate::exit::SUCCESS)
+/// `wsync init` arguments.
+#[derive(Debug, Clone, Default, Args)]
+pub struct InitArgs {
+    /// Point the sync remote (`remote.name`, default origin) at this URL.
+    #[arg(long, value_name = "URL")]
+    pub remote: Option<String>,
+    /// Sync with this branch on the remote.
+    #[arg(long, value_name = "BRANCH")]
+    pub branch: Option<String>,
 }
 
-/// Appends `pattern` to the exclude file unless a line already says it.
-/// Returns whether the file changed. Written to a temp file, fsynced and
-/// renamed so that a crash never leaves a truncated exclude file.
-fn add_exclude(path: &Path, pattern: &str) -> Result<bool> {
-    let existing = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    if existing.lines().any(|l| l.trim() == pattern) {
-        return Ok(false);
-    }
-    let mut text = existing;
-    if !text.is_empty() && !text.ends_with('\n') {
-        text.push('\n');
-    }
-    text.push_str(pattern);
-    text.push('\n');
-    let dir = path.parent().context("exclude file has no parent folder")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(".exclude.wsync-tmp");
-    let mut file =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-    Ok(true)
+/// Sets the workspace up; safe to run again.
+pub fn run(ctx: &Ctx, args: &InitArgs) -> Result<u8> {
+    let report = wsync_coordinator::init(
+        &ctx.workspace,
+        &ctx.state_dir,
+        &InitOptions {
+            remote_url: args.remote.clone(),
+            branch: args.branch.clone(),
+        },
+    )?;
+    ctx.emit(&report, || {
+        let mut s = format!("state folder: {}\n", report.state_dir.display());
+        if report.git_initialised {
+            s.push_str("created a git repository\n");
+        }
+        if let Some(p) = &report.excluded {
+            s.push_str(&format!("added {p} to .git/info/exclude\n"));
+        }
+        if report.config_created {
+            s.push_str("wrote the default config.json\n");
+        }
+        if let Some(r) = &report.remote {
+            s.push_str(&format!("remote {r}\n"));
+        }
+        s
+    })?;
+    Ok(crate::exit::SUCCESS)
 }
