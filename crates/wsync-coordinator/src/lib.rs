@@ -32,13 +32,19 @@
 mod classify;
 pub mod config;
 pub mod conflicts;
+pub mod daemon;
 mod engine;
 mod error;
 mod fsutil;
 mod git;
+pub mod health;
 pub mod journal;
+pub mod queue;
+pub mod ratelimit;
+pub mod retry;
 mod snap;
 pub mod synclog;
+pub mod watch;
 pub mod workspace;
 
 pub use classify::Verdict;
