@@ -378,3 +378,32 @@ fn the_config_allow_list_is_used_and_still_refuses_secrets() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("env_allow"), "{stderr}");
 }
+
+#[test]
+fn the_record_survives_sigkill_at_any_instant() {
+    let repo = TestRepo::with_commit();
+    wsync_ok(repo.path(), &["handoff", "save", "--note", "first"]);
+    for i in 0..24u64 {
+        let child = wsync_cmd(repo.path())
+            .args(["handoff", "save", "--note", &format!("round {i}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut child = KillOnDrop(child);
+        std::thread::sleep(Duration::from_micros(i * 700));
+        child.kill();
+        // Old or new, but always a complete record.
+        let saved: Value = serde_json::from_str(&repo.read(FILE)).unwrap();
+        assert!(saved["note"].as_str().unwrap().len() > 4, "{saved}");
+    }
+    // A clean save sweeps temp files left by killed writers.
+    wsync_ok(repo.path(), &["handoff", "save"]);
+    let leftovers: Vec<_> = std::fs::read_dir(repo.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
