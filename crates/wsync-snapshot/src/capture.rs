@@ -33,8 +33,13 @@ const SMALL_FILE: u64 = 1 << 20;
 /// How many times a file that changes while being read is re-read.
 const MAX_ATTEMPTS: u32 = 25;
 /// A file changed more recently than this may be mid-write (e.g. truncated
-/// but not yet written): wait until it is this old before trusting a read.
-const SETTLE: Duration = Duration::from_millis(3);
+/// but not yet written): its read is trusted only once it has been quiet
+/// this long, or once it has been replaced by rename (the version read was
+/// complete when it was renamed into place).
+const SETTLE: Duration = Duration::from_millis(50);
+/// How many times libgit2's index-to-workdir comparison is retried when a
+/// file changes under it.
+const DIFF_ATTEMPTS: u32 = 10;
 
 /// HEAD's commit (None when unborn) and the branch it names (None when
 /// detached).
@@ -90,7 +95,9 @@ fn resolve_conflicts(index: &mut Index, index_path: &Path) -> Result<Vec<String>
             .map_err(err("cannot resolve a conflict in memory"))?;
         if let Some(mut keep) = c.our.or(c.their) {
             keep.flags &= !0x3000; // the stage bits
-            index.add(&keep).map_err(err("cannot resolve a conflict in memory"))?;
+            index
+                .add(&keep)
+                .map_err(err("cannot resolve a conflict in memory"))?;
         }
         paths.push(String::from_utf8_lossy(&path).into_owned());
     }
@@ -134,9 +141,24 @@ pub(crate) fn capture(
             .include_typechange(true)
             .ignore_submodules(true)
             .skip_binary_check(true);
-        let diff = repo
-            .diff_index_to_workdir(Some(&index), Some(&mut o))
-            .map_err(git_err(&store.workspace, "cannot compare the index with the work tree"))?;
+        let mut tries = 0;
+        let diff = loop {
+            tries += 1;
+            match repo.diff_index_to_workdir(Some(&index), Some(&mut o)) {
+                Ok(d) => break d,
+                // A file changed size under libgit2's hashing: look again.
+                Err(e) if tries < DIFF_ATTEMPTS && e.class() == git2::ErrorClass::Os => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => {
+                    return Err(Error::Git {
+                        path: store.workspace.clone(),
+                        what: "cannot compare the index with the work tree".into(),
+                        source: e,
+                    });
+                }
+            }
+        };
         for d in diff.deltas() {
             let file = if d.status() == Delta::Deleted {
                 d.old_file()
@@ -231,7 +253,11 @@ pub(crate) fn capture(
         .map_err(commit_err())?;
 
     // Reserve an id by creating its ref (atomic, fails if it exists).
-    let base = format!("sync_{}_{}", now.format("%Y%m%d_%H%M%S"), std::process::id());
+    let base = format!(
+        "sync_{}_{}",
+        now.format("%Y%m%d_%H%M%S"),
+        std::process::id()
+    );
     let mut n = 1u32;
     let id = loop {
         let id = if n == 1 {
@@ -304,12 +330,10 @@ pub(crate) fn write_patch_file(
         let file = File::create(&tmp).map_err(io_err(&tmp))?;
         let mut out = std::io::BufWriter::new(file);
         write_patch(repo, old, new, &mut out, path)?;
-        let file = out
-            .into_inner()
-            .map_err(|e| Error::Io {
-                path: tmp.clone(),
-                source: e.into_error(),
-            })?;
+        let file = out.into_inner().map_err(|e| Error::Io {
+            path: tmp.clone(),
+            source: e.into_error(),
+        })?;
         file.sync_all().map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, path).map_err(io_err(path))
     })();
@@ -363,9 +387,12 @@ pub(crate) fn write_patch(
 /// `None` when it vanished or is not a file (e.g. a nested repository).
 ///
 /// A file is trusted only when its stat data is identical before and after
-/// reading it through one open handle, and it is older than [`SETTLE`]
-/// (so an in-place rewrite that truncated it but has not written it yet is
-/// waited out). A file replaced by rename is read whole through the handle.
+/// reading it through one open handle, and it had been quiet for [`SETTLE`]
+/// when the read started or was replaced by rename meanwhile (so an in-place
+/// rewrite that truncated it but has not written it yet is waited out). A
+/// writer that stalls longer than `SETTLE` between truncating and writing a
+/// file in place cannot be told apart from a real edit: such writers must
+/// pause (`wsync-lock`'s pause gate) or replace files by rename.
 fn read_entry(
     repo: &Repository,
     abs: &Path,
@@ -373,11 +400,16 @@ fn read_entry(
     filemode: bool,
     old_mode: u32,
 ) -> Result<Option<IndexEntry>> {
-    for attempt in 1..=MAX_ATTEMPTS {
+    for _ in 0..MAX_ATTEMPTS {
         let meta = match std::fs::symlink_metadata(abs) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(Error::Io { path: abs.into(), source }),
+            Err(source) => {
+                return Err(Error::Io {
+                    path: abs.into(),
+                    source,
+                });
+            }
         };
         let ft = meta.file_type();
         if ft.is_symlink() {
@@ -385,7 +417,12 @@ fn read_entry(
                 Ok(t) => t,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => continue,
-                Err(source) => return Err(Error::Io { path: abs.into(), source }),
+                Err(source) => {
+                    return Err(Error::Io {
+                        path: abs.into(),
+                        source,
+                    });
+                }
             };
             match std::fs::symlink_metadata(abs) {
                 Ok(again) if same_stat(&meta, &again) => {}
@@ -402,23 +439,38 @@ fn read_entry(
         let mut file = match File::open(abs) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(Error::Io { path: abs.into(), source }),
+            Err(source) => {
+                return Err(Error::Io {
+                    path: abs.into(),
+                    source,
+                });
+            }
         };
         let before = file.metadata().map_err(io_err(abs))?;
         if !before.is_file() {
             continue;
         }
         let age = age_of(&before);
-        if age < SETTLE && attempt < MAX_ATTEMPTS {
-            std::thread::sleep(SETTLE - age);
-            continue;
-        }
         let Some(oid) = write_blob(repo, &mut file, before.len(), abs)? else {
             continue;
         };
         let after = file.metadata().map_err(io_err(abs))?;
         if !same_stat(&before, &after) {
             continue;
+        }
+        if age < SETTLE {
+            match std::fs::symlink_metadata(abs) {
+                // Replaced by rename since we opened it: what we read was
+                // a finished version.
+                Ok(now) if now.ino() != before.ino() || now.dev() != before.dev() => {}
+                // Gone (e.g. a writer's temp file renamed away).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                // Possibly mid-write: wait until it has been quiet long enough.
+                _ => {
+                    std::thread::sleep(SETTLE.saturating_sub(age_of(&before)));
+                    continue;
+                }
+            }
         }
         let exec = if filemode {
             before.mode() & 0o100 != 0
@@ -451,7 +503,9 @@ fn write_blob(repo: &Repository, file: &mut File, len: u64, abs: &Path) -> Resul
             .map(Some)
             .map_err(git_err(abs, "cannot store the file"));
     }
-    let odb = repo.odb().map_err(git_err(abs, "cannot open the object database"))?;
+    let odb = repo
+        .odb()
+        .map_err(git_err(abs, "cannot open the object database"))?;
     let size = usize::try_from(len).map_err(|_| Error::Io {
         path: abs.into(),
         source: std::io::Error::other("file too large for this platform"),
@@ -459,7 +513,8 @@ fn write_blob(repo: &Repository, file: &mut File, len: u64, abs: &Path) -> Resul
     let mut writer = odb
         .writer(size, ObjectType::Blob)
         .map_err(git_err(abs, "cannot store the file"))?;
-    let copied = std::io::copy(&mut std::io::Read::by_ref(file).take(len), &mut writer).map_err(io_err(abs))?;
+    let copied = std::io::copy(&mut std::io::Read::by_ref(file).take(len), &mut writer)
+        .map_err(io_err(abs))?;
     let mut probe = [0u8; 1];
     if copied != len || file.read(&mut probe).map_err(io_err(abs))? != 0 {
         return Ok(None);
@@ -470,14 +525,15 @@ fn write_blob(repo: &Repository, file: &mut File, len: u64, abs: &Path) -> Resul
         .map_err(git_err(abs, "cannot store the file"))
 }
 
+/// The same content, as far as stat data tells. ctime is left out on
+/// purpose: unlinking a file (a writer renaming a new version over it)
+/// changes its ctime but not its content.
 fn same_stat(a: &Metadata, b: &Metadata) -> bool {
     a.len() == b.len()
         && a.ino() == b.ino()
         && a.dev() == b.dev()
         && a.mtime() == b.mtime()
         && a.mtime_nsec() == b.mtime_nsec()
-        && a.ctime() == b.ctime()
-        && a.ctime_nsec() == b.ctime_nsec()
         && a.mode() == b.mode()
 }
 

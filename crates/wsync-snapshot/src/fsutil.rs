@@ -18,11 +18,7 @@ pub(crate) fn temp_beside(path: &Path) -> PathBuf {
     let name = path.file_name().unwrap_or_else(|| OsStr::new("file"));
     let mut tmp = std::ffi::OsString::from(".");
     tmp.push(name);
-    tmp.push(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        fastish_counter()
-    ));
+    tmp.push(format!(".tmp-{}-{}", std::process::id(), fastish_counter()));
     path.with_file_name(tmp)
 }
 

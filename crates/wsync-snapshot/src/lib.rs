@@ -127,9 +127,7 @@ pub enum Error {
         id: String,
     },
     /// A merge, rebase, cherry-pick, revert or bisect is in progress.
-    #[error(
-        "{path}: a {state} is in progress; finish or abort it first, or force the restore"
-    )]
+    #[error("{path}: a {state} is in progress; finish or abort it first, or force the restore")]
     OperationInProgress {
         /// The workspace.
         path: PathBuf,
@@ -471,9 +469,12 @@ mod tests {
     fn defaults() {
         assert_eq!(Retention::default().keep, 10);
         assert!(!CaptureOptions::default().bundle);
-        assert_eq!(RestoreOptions::default(), RestoreOptions {
-            files_only: false,
-            force: false
-        });
+        assert_eq!(
+            RestoreOptions::default(),
+            RestoreOptions {
+                files_only: false,
+                force: false
+            }
+        );
     }
 }

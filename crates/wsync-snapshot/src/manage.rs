@@ -98,10 +98,10 @@ fn ids_with(store: &SnapshotStore, ext: &str) -> Result<Vec<String>> {
         let entry = entry.map_err(io_err(&store.dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(id) = name.strip_suffix(&suffix) {
-            if check_id(id).is_ok() {
-                ids.push(id.to_owned());
-            }
+        if let Some(id) = name.strip_suffix(&suffix)
+            && check_id(id).is_ok()
+        {
+            ids.push(id.to_owned());
         }
     }
     Ok(ids)
@@ -115,7 +115,12 @@ pub(crate) fn show(store: &SnapshotStore, id: &str) -> Result<SnapshotInfo> {
             serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
         })),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => return Err(Error::Io { path: result_path, source }),
+        Err(source) => {
+            return Err(Error::Io {
+                path: result_path,
+                source,
+            });
+        }
     };
     let files = EXTS
         .iter()
@@ -179,9 +184,11 @@ pub(crate) fn verify(store: &SnapshotStore, id: &str) -> Result<VerifyReport> {
             "{} points to {oid}, the .meta says {}",
             meta.snapshot_ref, meta.snapshot_commit
         )),
-        Err(e) => report
-            .problems
-            .push(format!("{} is missing: {}", meta.snapshot_ref, e.message())),
+        Err(e) => {
+            report
+                .problems
+                .push(format!("{} is missing: {}", meta.snapshot_ref, e.message()));
+        }
     }
     match Oid::from_str(&meta.snapshot_commit) {
         Ok(oid) => check_objects(&repo, oid, &mut report),
@@ -197,12 +204,15 @@ pub(crate) fn verify(store: &SnapshotStore, id: &str) -> Result<VerifyReport> {
     }
     let bundle = store.file(id, "bundle");
     if bundle.exists() {
-        let ok = match run_git(repo.path(), &[
-            "bundle".as_ref(),
-            "verify".as_ref(),
-            "-q".as_ref(),
-            bundle.as_os_str(),
-        ]) {
+        let ok = match run_git(
+            repo.path(),
+            &[
+                "bundle".as_ref(),
+                "verify".as_ref(),
+                "-q".as_ref(),
+                bundle.as_os_str(),
+            ],
+        ) {
             Ok(_) => true,
             Err(e) => {
                 report.problems.push(format!("bundle: {e}"));
@@ -260,7 +270,9 @@ fn check_objects(repo: &Repository, commit: Oid, report: &mut VerifyReport) {
         match kind {
             ObjectType::Commit => {
                 let Ok(c) = repo.find_commit(oid) else {
-                    report.problems.push(format!("{what} {oid} is not a commit"));
+                    report
+                        .problems
+                        .push(format!("{what} {oid} is not a commit"));
                     continue;
                 };
                 stack.push((c.tree_id(), format!("tree of {what}")));
@@ -321,7 +333,11 @@ pub(crate) fn cleanup(store: &SnapshotStore, retention: &Retention) -> Result<Cl
     let mut dated: Vec<(Option<DateTime<Utc>>, String)> = ids
         .into_iter()
         .map(|id| {
-            let time = store.meta(&id).ok().map(|m| m.timestamp).or_else(|| id_time(&id));
+            let time = store
+                .meta(&id)
+                .ok()
+                .map(|m| m.timestamp)
+                .or_else(|| id_time(&id));
             (time, id)
         })
         .collect();
@@ -367,8 +383,10 @@ fn remove_snapshot(store: &SnapshotStore, repo: &Repository, id: &str) -> Result
     }
     let refname = format!("{REF_PREFIX}{id}");
     if let Ok(mut r) = repo.find_reference(&refname) {
-        r.delete()
-            .map_err(git_err(repo.path().join(&refname), "cannot delete the snapshot ref"))?;
+        r.delete().map_err(git_err(
+            repo.path().join(&refname),
+            "cannot delete the snapshot ref",
+        ))?;
     }
     Ok(())
 }
@@ -389,13 +407,16 @@ pub(crate) fn create_bundle(store: &SnapshotStore, repo: &Repository, id: &str) 
     let tmp = fsutil::temp_beside(&path);
     let refname = format!("{REF_PREFIX}{id}");
     let res = (|| {
-        run_git(repo.path(), &[
-            "bundle".as_ref(),
-            "create".as_ref(),
-            "-q".as_ref(),
-            tmp.as_os_str(),
-            refname.as_ref(),
-        ])?;
+        run_git(
+            repo.path(),
+            &[
+                "bundle".as_ref(),
+                "create".as_ref(),
+                "-q".as_ref(),
+                tmp.as_os_str(),
+                refname.as_ref(),
+            ],
+        )?;
         std::fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(io_err(&tmp))?;

@@ -17,7 +17,9 @@ use git2::{Delta, DiffOptions, IndexTime, ObjectType, Oid, Repository, Repositor
 use serde::Serialize;
 
 use crate::fsutil::{self, git_path};
-use crate::{CaptureOptions, Error, Result, RestoreOptions, Snapshot, SnapshotStore, git_err, io_err};
+use crate::{
+    CaptureOptions, Error, RestoreOptions, Result, Snapshot, SnapshotStore, git_err, io_err,
+};
 
 /// What a restore did.
 #[derive(Debug, Clone, Serialize)]
@@ -84,9 +86,9 @@ pub(crate) fn restore(
         .find_commit(target_id)
         .map_err(bad(format!("snapshot {id}: commit {target_id} is missing")))?;
     let parent = |n: usize| {
-        target
-            .parent(n)
-            .map_err(bad(format!("snapshot {id}: parent {n} of {target_id} is missing")))
+        target.parent(n).map_err(bad(format!(
+            "snapshot {id}: parent {n} of {target_id} is missing"
+        )))
     };
     let (head_parent, index_commit) = match target.parent_count() {
         2 => (Some(parent(0)?), parent(1)?),
@@ -221,9 +223,7 @@ pub(crate) fn restore(
     }
 
     if !opts.files_only {
-        let mut index = repo
-            .index()
-            .map_err(bad("cannot open the index".into()))?;
+        let mut index = repo.index().map_err(bad("cannot open the index".into()))?;
         index
             .read(true)
             .map_err(bad("cannot read the index".into()))?;
@@ -250,7 +250,12 @@ pub(crate) fn restore(
             .write()
             .map_err(bad("cannot write the index".into()))?;
 
-        set_head(&repo, id, head_parent.as_ref().map(git2::Commit::id), meta.head_ref.as_deref())?;
+        set_head(
+            &repo,
+            id,
+            head_parent.as_ref().map(git2::Commit::id),
+            meta.head_ref.as_deref(),
+        )?;
         report.head = head_parent.as_ref().map(|c| c.id().to_string());
         if state != RepositoryState::Clean {
             repo.cleanup_state()
@@ -287,7 +292,8 @@ fn set_head(repo: &Repository, id: &str, commit: Option<Oid>, branch: Option<&st
         }
         (None, Some(branch)) => {
             if let Ok(mut r) = repo.find_reference(branch) {
-                r.delete().map_err(bad("cannot make the branch unborn again"))?;
+                r.delete()
+                    .map_err(bad("cannot make the branch unborn again"))?;
             }
             if current_target.as_deref() != Some(branch) {
                 repo.set_head(branch).map_err(bad("cannot set HEAD"))?;
@@ -366,7 +372,12 @@ fn write_entry(
         match std::fs::remove_file(abs) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(Error::Io { path: abs.into(), source }),
+            Err(source) => {
+                return Err(Error::Io {
+                    path: abs.into(),
+                    source,
+                });
+            }
         }
         return std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(obj.data()), abs)
             .map_err(io_err(abs));
@@ -404,17 +415,17 @@ fn copy_blob(odb: &git2::Odb<'_>, oid: Oid, out: &mut File, abs: &Path) -> Resul
     let (size, _) = odb
         .read_header(oid)
         .map_err(git_err(abs, format!("cannot read blob {oid}")))?;
-    if size > (1 << 20) {
-        if let Ok((mut reader, _, ObjectType::Blob)) = odb.reader(oid) {
-            let mut buf = vec![0u8; 1 << 16];
-            loop {
-                let n = reader.read(&mut buf).map_err(io_err(abs))?;
-                if n == 0 {
-                    return Ok(());
-                }
-                out.write_all(buf.get(..n).unwrap_or_default())
-                    .map_err(io_err(abs))?;
+    if size > (1 << 20)
+        && let Ok((mut reader, _, ObjectType::Blob)) = odb.reader(oid)
+    {
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = reader.read(&mut buf).map_err(io_err(abs))?;
+            if n == 0 {
+                return Ok(());
             }
+            out.write_all(buf.get(..n).unwrap_or_default())
+                .map_err(io_err(abs))?;
         }
     }
     let obj = odb

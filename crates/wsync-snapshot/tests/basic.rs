@@ -20,8 +20,11 @@ fn opts(reason: &str) -> CaptureOptions {
     }
 }
 
+/// Status, HEAD, index bytes, HEAD reflog, working files.
+type Observed = (Vec<u8>, String, Vec<u8>, String, Vec<(String, Vec<u8>)>);
+
 /// Every observable piece of state capture promises not to touch.
-fn observe(repo: &TestRepo) -> (Vec<u8>, String, Vec<u8>, String, Vec<(String, Vec<u8>)>) {
+fn observe(repo: &TestRepo) -> Observed {
     let head = repo.git(&["rev-parse", "--verify", "-q", "HEAD^{commit}"]);
     let index = std::fs::read(repo.path().join(".git/index")).unwrap_or_default();
     let reflog = std::fs::read_to_string(repo.path().join(".git/logs/HEAD")).unwrap_or_default();
@@ -42,7 +45,10 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
         let m = std::fs::symlink_metadata(&p).unwrap();
         if m.file_type().is_symlink() {
             let t = std::fs::read_link(&p).unwrap();
-            out.push((format!("{rel} -> link"), t.to_string_lossy().as_bytes().to_vec()));
+            out.push((
+                format!("{rel} -> link"),
+                t.to_string_lossy().as_bytes().to_vec(),
+            ));
         } else if m.is_dir() {
             walk(root, &p, out);
         } else {
@@ -72,7 +78,12 @@ fn capture_leaves_everything_untouched() {
     // The snapshot tree holds the working state; the index commit the index.
     let tree = repo.git(&["ls-tree", "-r", "--name-only", &snap.commit]);
     assert_eq!(tree, "README.md\na.txt\nstaged.txt\nuntracked/deep/u.txt\n");
-    let index = repo.git(&["ls-tree", "-r", "--name-only", &format!("{}^2", snap.commit)]);
+    let index = repo.git(&[
+        "ls-tree",
+        "-r",
+        "--name-only",
+        &format!("{}^2", snap.commit),
+    ]);
     assert_eq!(index, "README.md\na.txt\nsrc/b.rs\nstaged.txt\n");
     let shown = repo.git(&["show", &format!("{}:a.txt", snap.commit)]);
     assert_eq!(shown, "changed\n");
@@ -83,8 +94,11 @@ fn restore_round_trip() {
     let repo = TestRepo::with_commit();
     repo.write("keep.txt", "v1\n");
     repo.write("run.sh", "#!/bin/sh\n");
-    std::fs::set_permissions(repo.path().join("run.sh"), std::fs::Permissions::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(
+        repo.path().join("run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     repo.commit_all("c1");
     repo.write("keep.txt", "v2 uncommitted\n");
     std::os::unix::fs::symlink("keep.txt", repo.path().join("link")).unwrap();
@@ -94,8 +108,11 @@ fn restore_round_trip() {
 
     repo.write("keep.txt", "v3\n");
     repo.write("new.txt", "new\n");
-    std::fs::set_permissions(repo.path().join("run.sh"), std::fs::Permissions::from_mode(0o644))
-        .unwrap();
+    std::fs::set_permissions(
+        repo.path().join("run.sh"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     std::fs::remove_file(repo.path().join("link")).unwrap();
     repo.commit_all("c2");
     let later = observe(&repo);
@@ -106,7 +123,8 @@ fn restore_round_trip() {
     assert_eq!(h1, at_capture.1);
     assert_eq!(s1, at_capture.0);
 
-    st.restore(&report.safety.id, &RestoreOptions::default()).unwrap();
+    st.restore(&report.safety.id, &RestoreOptions::default())
+        .unwrap();
     let (s2, h2, _, _, f2) = observe(&repo);
     assert_eq!(f2, later.4);
     assert_eq!(h2, later.1);
@@ -117,14 +135,22 @@ fn restore_round_trip() {
 fn missing_and_corrupt_meta_name_the_file() {
     let repo = TestRepo::with_commit();
     let st = store(&repo);
-    let err = st.restore("sync_20200101_000000_1", &RestoreOptions::default()).unwrap_err();
+    let err = st
+        .restore("sync_20200101_000000_1", &RestoreOptions::default())
+        .unwrap_err();
     assert!(matches!(err, Error::MissingMeta { .. }), "{err}");
-    assert!(err.to_string().contains("sync_20200101_000000_1.meta"), "{err}");
+    assert!(
+        err.to_string().contains("sync_20200101_000000_1.meta"),
+        "{err}"
+    );
     let snap = st.capture(&opts("t")).unwrap();
     let meta = st.file(&snap.id, "meta");
     std::fs::write(&meta, "{ not json").unwrap();
     for err in [st.show(&snap.id).unwrap_err(), st.list().unwrap_err()] {
         assert!(matches!(err, Error::CorruptMeta { .. }), "{err}");
-        assert!(err.to_string().contains(&meta.display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&meta.display().to_string()),
+            "{err}"
+        );
     }
 }

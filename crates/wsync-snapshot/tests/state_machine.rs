@@ -77,11 +77,11 @@ fn apply(repo: &TestRepo, op: &Op) {
         Op::Delete(p) => remove(&repo.path().join(rel(*p))),
         Op::Chmod(p) => {
             let abs = repo.path().join(rel(*p));
-            if let Ok(m) = abs.symlink_metadata() {
-                if m.is_file() {
-                    let mode = m.permissions().mode() ^ 0o111;
-                    std::fs::set_permissions(&abs, std::fs::Permissions::from_mode(mode)).unwrap();
-                }
+            if let Ok(m) = abs.symlink_metadata()
+                && m.is_file()
+            {
+                let mode = m.permissions().mode() ^ 0o111;
+                std::fs::set_permissions(&abs, std::fs::Permissions::from_mode(mode)).unwrap();
             }
         }
         Op::Symlink(p, t) => {
@@ -93,11 +93,19 @@ fn apply(repo: &TestRepo, op: &Op) {
         Op::Stage(p) => {
             let r = rel(*p);
             let on_disk = repo.path().join(r).symlink_metadata().is_ok();
-            let in_index = !git_output(repo.path(), &[OsStr::new("ls-files"), OsStr::new("--"), r.as_os_str()])
-                .stdout
-                .is_empty();
+            let in_index = !git_output(
+                repo.path(),
+                &[OsStr::new("ls-files"), OsStr::new("--"), r.as_os_str()],
+            )
+            .stdout
+            .is_empty();
             if on_disk || in_index {
-                repo.git(&[OsStr::new("add"), OsStr::new("-A"), OsStr::new("--"), r.as_os_str()]);
+                repo.git(&[
+                    OsStr::new("add"),
+                    OsStr::new("-A"),
+                    OsStr::new("--"),
+                    r.as_os_str(),
+                ]);
             }
         }
         Op::Commit => {

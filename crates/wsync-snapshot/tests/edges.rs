@@ -1,0 +1,432 @@
+//! Edge cases: concurrent writers, unborn HEAD, bundles, odd names, large
+//! files, merges in progress, retention, verification.
+#![allow(clippy::unwrap_used)]
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wsync_snapshot::{CaptureOptions, Error, RestoreOptions, Retention, SnapshotStore};
+use wsync_testutils::{TestRepo, git, git_output};
+
+fn store(repo: &TestRepo) -> SnapshotStore {
+    std::fs::write(repo.path().join(".git/info/exclude"), "/.wsync/\n").unwrap();
+    SnapshotStore::open(repo.path(), &repo.path().join(".wsync")).unwrap()
+}
+
+fn capture(st: &SnapshotStore) -> wsync_snapshot::Snapshot {
+    st.capture(&CaptureOptions::default()).unwrap()
+}
+
+fn blob(repo: &TestRepo, commit: &str, path: &str) -> Vec<u8> {
+    let out = git_output(
+        repo.path(),
+        &["cat-file", "blob", &format!("{commit}:{path}")],
+    );
+    assert!(out.status.success(), "{path} missing in {commit}");
+    out.stdout
+}
+
+/// Version `n` of the hot file: large enough that a torn read shows.
+fn version(n: u64) -> Vec<u8> {
+    let mut v = format!("version {n}\n").into_bytes();
+    let line = format!("filler line of version {n:>12}\n");
+    while v.len() < 256 * 1024 {
+        v.extend_from_slice(line.as_bytes());
+    }
+    v.extend_from_slice(format!("end {n}\n").as_bytes());
+    v
+}
+
+fn is_whole_version(bytes: &[u8]) -> bool {
+    let first = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+    let Some(n) = std::str::from_utf8(first)
+        .ok()
+        .and_then(|l| l.strip_prefix("version "))
+        .and_then(|n| n.parse().ok())
+    else {
+        return false;
+    };
+    bytes == version(n)
+}
+
+fn writer_during_captures(in_place: bool) {
+    let repo = TestRepo::with_commit();
+    repo.write("hot.txt", version(0));
+    repo.commit_all("hot");
+    let st = store(&repo);
+    let stop = Arc::new(AtomicBool::new(false));
+    let path = repo.path().join("hot.txt");
+    let writer = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut n = 1;
+            while !stop.load(Ordering::Relaxed) {
+                if in_place {
+                    std::fs::write(&path, version(n)).unwrap();
+                    std::thread::sleep(Duration::from_millis(70));
+                } else {
+                    let tmp = path.with_extension("tmp~");
+                    std::fs::write(&tmp, version(n)).unwrap();
+                    std::fs::rename(&tmp, &path).unwrap();
+                }
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut seen = Vec::new();
+    for _ in 0..8 {
+        let snap = capture(&st);
+        let bytes = blob(&repo, &snap.commit, "hot.txt");
+        assert!(
+            is_whole_version(&bytes),
+            "torn capture ({} bytes)",
+            bytes.len()
+        );
+        seen.push(bytes.get(..20).unwrap().to_vec());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    assert!(written > 2, "the writer barely ran");
+}
+
+#[test]
+fn writer_replacing_by_rename_is_captured_whole() {
+    writer_during_captures(false);
+}
+
+#[test]
+fn writer_rewriting_in_place_is_captured_whole() {
+    writer_during_captures(true);
+}
+
+#[test]
+fn unborn_repository_capture_and_restore() {
+    let repo = TestRepo::new();
+    let st = store(&repo);
+    repo.write("first.txt", "1\n");
+    repo.write("second.txt", "2\n");
+    repo.git(&["add", "first.txt"]);
+    let snap = capture(&st);
+    assert_eq!(snap.meta.git_commit, None);
+    assert_eq!(snap.meta.head_ref.as_deref(), Some("refs/heads/main"));
+    assert_eq!(
+        repo.git(&["rev-list", "--count", "--parents", &snap.commit])
+            .trim(),
+        "2"
+    );
+    // Move on: commit, change, add.
+    repo.commit_all("now born");
+    repo.write("third.txt", "3\n");
+    st.restore(&snap.id, &RestoreOptions::default()).unwrap();
+    assert!(
+        git_output(repo.path(), &["rev-parse", "-q", "--verify", "HEAD"])
+            .stdout
+            .is_empty()
+    );
+    assert_eq!(repo.git(&["ls-files"]), "first.txt\n");
+    assert!(!repo.exists("third.txt"));
+    assert_eq!(repo.read("second.txt"), "2\n");
+}
+
+#[test]
+fn bundle_verifies_and_fetches_into_a_fresh_clone() {
+    let repo = TestRepo::with_commit();
+    let st = store(&repo);
+    repo.write("README.md", "# changed\n");
+    repo.write("new/file.txt", "untracked\n");
+    let snap = st
+        .capture(&CaptureOptions {
+            bundle: true,
+            ..CaptureOptions::default()
+        })
+        .unwrap();
+    let bundle = st.file(&snap.id, "bundle");
+    let b = bundle.to_str().unwrap();
+    git(repo.path(), &["bundle", "verify", "-q", b]);
+    let report = st.verify(&snap.id).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.bundle_verified, Some(true));
+
+    let fresh = TestRepo::new();
+    let refname = format!("refs/wsync/snapshots/{}", snap.id);
+    git(
+        fresh.path(),
+        &["fetch", "-q", b, &format!("{refname}:{refname}")],
+    );
+    assert_eq!(fresh.git(&["rev-parse", &refname]).trim(), snap.commit);
+    assert_eq!(blob(&fresh, &refname, "new/file.txt"), b"untracked\n");
+    assert_eq!(blob(&fresh, &refname, "README.md"), b"# changed\n");
+}
+
+#[test]
+fn non_utf8_names_round_trip() {
+    let repo = TestRepo::with_commit();
+    let st = store(&repo);
+    let tracked = Path::new(OsStr::from_bytes(b"caf\xe9.txt"));
+    let untracked = Path::new(OsStr::from_bytes(b"d\xff/n\xfe.bin"));
+    repo.write(tracked, "tracked\n");
+    repo.commit_all("latin-1 name");
+    repo.write(tracked, "modified\n");
+    repo.write(untracked, b"\x00\x01");
+    let snap = capture(&st);
+    std::fs::remove_file(repo.path().join(tracked)).unwrap();
+    std::fs::remove_dir_all(repo.path().join(untracked.parent().unwrap())).unwrap();
+    st.restore(&snap.id, &RestoreOptions::default()).unwrap();
+    assert_eq!(repo.read_bytes(tracked), b"modified\n");
+    assert_eq!(repo.read_bytes(untracked), b"\x00\x01");
+    let patch = st.diff(&snap.id).unwrap();
+    assert!(
+        patch.windows(7).any(|w| w == b"tracked"),
+        "patch lacks the change"
+    );
+}
+
+#[test]
+fn large_file_is_streamed_and_restored() {
+    let repo = TestRepo::with_commit();
+    let st = store(&repo);
+    let big: Vec<u8> = (0..(5u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    repo.write("big.bin", &big);
+    let snap = capture(&st);
+    repo.write("big.bin", "small now");
+    st.restore(&snap.id, &RestoreOptions::default()).unwrap();
+    assert!(repo.read_bytes("big.bin") == big);
+    let patch = String::from_utf8_lossy(&st.diff(&snap.id).unwrap()).into_owned();
+    assert!(patch.contains("Binary files"), "binary not marked: {patch}");
+}
+
+fn conflicted_merge(repo: &TestRepo) {
+    repo.write("c.txt", "base\n");
+    repo.commit_all("base");
+    repo.git(&["checkout", "-q", "-b", "other"]);
+    repo.write("c.txt", "theirs\n");
+    repo.commit_all("theirs");
+    repo.git(&["checkout", "-q", "main"]);
+    repo.write("c.txt", "ours\n");
+    repo.commit_all("ours");
+    let out = git_output(repo.path(), &["merge", "-q", "other"]);
+    assert!(!out.status.success(), "the merge should conflict");
+    assert!(repo.path().join(".git/MERGE_HEAD").exists());
+}
+
+#[test]
+fn restore_refuses_during_a_merge_unless_forced() {
+    let repo = TestRepo::with_commit();
+    let st = store(&repo);
+    repo.write("x.txt", "x\n");
+    let snap = capture(&st);
+    let head = repo.head();
+    conflicted_merge(&repo);
+    let err = st
+        .restore(&snap.id, &RestoreOptions::default())
+        .unwrap_err();
+    assert!(matches!(err, Error::OperationInProgress { .. }), "{err}");
+    assert!(err.to_string().contains("merge"), "{err}");
+    // Forced: the failed merge is rolled back (the coordinator's rollback).
+    let report = st
+        .restore(
+            &snap.id,
+            &RestoreOptions {
+                force: true,
+                ..RestoreOptions::default()
+            },
+        )
+        .unwrap();
+    assert!(!repo.path().join(".git/MERGE_HEAD").exists());
+    assert_eq!(repo.head(), head);
+    assert!(!repo.exists("c.txt"));
+    assert_eq!(repo.read("x.txt"), "x\n");
+    assert_eq!(
+        repo.git(&["symbolic-ref", "HEAD"]).trim(),
+        "refs/heads/main"
+    );
+    // The safety snapshot kept the conflicted file with its markers.
+    let safety = st.meta(&report.safety.id).unwrap();
+    assert_eq!(safety.conflicted, vec!["c.txt".to_owned()]);
+    let kept = String::from_utf8(blob(&repo, &safety.snapshot_commit, "c.txt")).unwrap();
+    assert!(kept.contains("<<<<<<<"), "{kept}");
+}
+
+#[test]
+fn files_only_leaves_head_and_index() {
+    let repo = TestRepo::with_commit();
+    let st = store(&repo);
+    repo.write("f.txt", "at capture\n");
+    let snap = capture(&st);
+    repo.write("f.txt", "later\n");
+    let head = repo.commit_all("later");
+    let index = std::fs::read(repo.path().join(".git/index")).unwrap();
+    st.restore(
+        &snap.id,
+        &RestoreOptions {
+            files_only: true,
+            force: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(repo.read("f.txt"), "at capture\n");
+    assert_eq!(repo.head(), head);
+    assert_eq!(
+        std::fs::read(repo.path().join(".git/index")).unwrap(),
+        index
+    );
+}
+
+#[test]
+fn state_folder_inside_the_workspace_is_never_captured_or_removed() {
+    let repo = TestRepo::with_commit();
+    // No exclude rule: the store must still keep its own folder out.
+    let st = SnapshotStore::open(repo.path(), &repo.path().join(".wsync")).unwrap();
+    let first = capture(&st);
+    let tree = repo.git(&["ls-tree", "-r", "--name-only", &first.commit]);
+    assert_eq!(tree, "README.md\n");
+    let second = capture(&st);
+    st.restore(&first.id, &RestoreOptions::default()).unwrap();
+    assert!(st.file(&second.id, "meta").exists());
+    assert_eq!(st.list().unwrap().len(), 3);
+}
+
+#[test]
+fn ids_are_unique_and_listed_newest_first() {
+    let repo = TestRepo::with_commit();
+    let st = store(&repo);
+    let ids: Vec<String> = (0..4).map(|_| capture(&st).id).collect();
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), 4);
+    let pid = std::process::id().to_string();
+    assert!(
+        ids.iter()
+            .all(|id| id.starts_with("sync_") && id.contains(&pid))
+    );
+    let listed: Vec<String> = st
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.snapshot_id)
+        .collect();
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(listed, newest_first);
+    assert_eq!(st.latest().unwrap().unwrap().snapshot_id, ids[3]);
+}
+
+#[test]
+fn cleanup_removes_refs_and_files_together() {
+    let repo = TestRepo::with_commit();
+    let st = store(&repo);
+    let ids: Vec<String> = (0..5).map(|_| capture(&st).id).collect();
+    st.write_result(&ids[0], &serde_json::json!({"ok": true}))
+        .unwrap();
+    let report = st
+        .cleanup(&Retention {
+            keep: 2,
+            max_age: None,
+        })
+        .unwrap();
+    assert_eq!(report.kept, 2);
+    assert_eq!(report.removed.len(), 3);
+    for id in &ids[..3] {
+        for ext in ["meta", "diff", "result"] {
+            assert!(!st.file(id, ext).exists(), "{id}.{ext} left behind");
+        }
+        let r = git_output(
+            repo.path(),
+            &[
+                "rev-parse",
+                "-q",
+                "--verify",
+                &format!("refs/wsync/snapshots/{id}"),
+            ],
+        );
+        assert!(!r.status.success(), "ref of {id} left behind");
+    }
+    let left: Vec<String> = st
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.snapshot_id)
+        .collect();
+    assert_eq!(left, vec![ids[4].clone(), ids[3].clone()]);
+    let report = st
+        .cleanup(&Retention {
+            keep: 10,
+            max_age: Some(Duration::ZERO),
+        })
+        .unwrap();
+    assert_eq!(report.removed.len(), 2);
+    assert!(st.list().unwrap().is_empty());
+}
+
+#[test]
+fn result_is_written_and_shown() {
+    let repo = TestRepo::with_commit();
+    let st = store(&repo);
+    let snap = capture(&st);
+    st.write_result(&snap.id, &serde_json::json!({"status": "pushed"}))
+        .unwrap();
+    let info = st.show(&snap.id).unwrap();
+    assert_eq!(info.result, Some(serde_json::json!({"status": "pushed"})));
+    assert!(info.ref_present);
+    assert_eq!(info.files.len(), 3);
+}
+
+#[test]
+fn verify_reports_a_missing_object() {
+    let repo = TestRepo::with_commit();
+    let st = store(&repo);
+    repo.write("only-here.txt", "unique content 8c1f\n");
+    let snap = capture(&st);
+    assert!(st.verify(&snap.id).unwrap().is_ok());
+    let oid = repo.git(&["rev-parse", &format!("{}:only-here.txt", snap.commit)]);
+    let oid = oid.trim();
+    let loose = repo
+        .path()
+        .join(format!(".git/objects/{}/{}", &oid[..2], &oid[2..]));
+    std::fs::remove_file(loose).unwrap();
+    let report = st.verify(&snap.id).unwrap();
+    assert!(!report.is_ok());
+    assert!(
+        report.problems.iter().any(|p| p.contains(oid)),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[test]
+fn bad_ids_are_rejected() {
+    let repo = TestRepo::with_commit();
+    let st = store(&repo);
+    let err = st
+        .restore("../../etc", &RestoreOptions::default())
+        .unwrap_err();
+    assert!(matches!(err, Error::BadId { .. }), "{err}");
+}
+
+#[test]
+fn ignored_file_in_the_way_is_moved_aside_not_lost() {
+    let repo = TestRepo::with_commit();
+    let st = store(&repo);
+    repo.write("data.log", "tracked log\n");
+    repo.git(&["add", "data.log"]);
+    let snap = capture(&st);
+    repo.git(&["rm", "-q", "--cached", "data.log"]);
+    std::fs::write(repo.path().join(".git/info/exclude"), "/.wsync/\n*.log\n").unwrap();
+    repo.write("data.log", "precious ignored\n");
+    let report = st.restore(&snap.id, &RestoreOptions::default()).unwrap();
+    assert_eq!(repo.read("data.log"), "tracked log\n");
+    assert_eq!(report.displaced, vec![std::path::PathBuf::from("data.log")]);
+    let aside = st
+        .snapshots_dir()
+        .join(format!("{}.displaced/data.log", report.safety.id));
+    assert_eq!(
+        std::fs::read_to_string(aside).unwrap(),
+        "precious ignored\n"
+    );
+}
