@@ -32,6 +32,25 @@ fn spawn(dir: &Path, args: &[&str]) -> KillOnDrop {
     )
 }
 
+/// Waits until `wsync GROUP status` reports `state`.
+fn wait_state(dir: &Path, group: &str, state: &str) {
+    assert!(
+        wait_until(
+            Duration::from_secs(20),
+            || json(dir, &[group, "status"])["state"] == state
+        ),
+        "{group} never became {state}"
+    );
+}
+
+/// Waits until the file `rel` exists in `dir`.
+fn wait_file(dir: &Path, rel: &str) {
+    assert!(
+        wait_until(Duration::from_secs(20), || dir.join(rel).exists()),
+        "{rel} never appeared"
+    );
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -74,9 +93,8 @@ fn sigkilled_holder_frees_the_lock_and_leaves_a_stale_record() {
                 "echo $$ > child.pid; exec sleep 30",
             ],
         );
-        assert!(wait_until(Duration::from_secs(20), || repo
-            .exists("child.pid")
-            && json(dir, &["lock", "status"])["state"] == "held"));
+        wait_file(dir, "child.pid");
+        wait_state(dir, "lock", "held");
         let status = json(dir, &["lock", "status"]);
         assert_eq!(status["record"]["pid"], holder.id());
         assert_eq!(status["record"]["reason"], "holder");
@@ -155,11 +173,7 @@ fn busy_lock_exit_codes_and_passthrough() {
         dir,
         &["lock", "run", "--reason", "hold", "--", "sleep", "30"],
     );
-    assert!(wait_until(Duration::from_secs(20), || json(
-        dir,
-        &["lock", "status"]
-    )["state"]
-        == "held"));
+    wait_state(dir, "lock", "held");
     for args in [
         &["lock", "run", "--", "touch", "ran"][..],
         &["lock", "run", "--wait", "0.3", "--", "touch", "ran"][..],
@@ -187,7 +201,7 @@ fn lock_run_forwards_sigterm_and_holds_until_the_command_ends() {
             .spawn()
             .unwrap(),
     );
-    assert!(wait_until(Duration::from_secs(20), || repo.exists("ready")));
+    wait_file(dir, "ready");
     kill(&holder.id().to_string(), "-TERM");
     let status = holder.0.wait().unwrap();
     assert_eq!(status.code(), Some(9));
@@ -211,9 +225,11 @@ fn pause_waits_for_a_writer_then_blocks_new_writers() {
             "touch w.started; sleep 1; touch w.done",
         ],
     );
-    assert!(wait_until(Duration::from_secs(20), || repo.exists("w.started")));
+    wait_file(dir, "w.started");
     let pause_script = "test -e w.done && echo acked > p.ok; \
-                        cat .wsync/sync-pause.lock > p.content; sleep 1; touch p.done";
+                        cat .wsync/sync-pause.lock > p.content; \
+                        while [ ! -e g2.launched ]; do sleep 0.05; done; \
+                        sleep 1.5; touch p.done";
     let mut pauser = spawn(
         dir,
         &[
@@ -230,13 +246,9 @@ fn pause_waits_for_a_writer_then_blocks_new_writers() {
         ],
     );
     // The pause file shows up before the writer finishes…
-    assert!(wait_until(Duration::from_secs(20), || json(
-        dir,
-        &["pause", "status"]
-    )["state"]
-        == "paused"));
+    wait_state(dir, "pause", "paused");
     // …but the paused command only runs once the writer is done.
-    assert!(wait_until(Duration::from_secs(20), || repo.exists("p.content")));
+    wait_file(dir, "p.content");
     assert_eq!(repo.read("p.ok").trim(), "acked");
     assert!(writer.0.wait().unwrap().success());
     let content = repo.read("p.content");
@@ -250,13 +262,27 @@ fn pause_waits_for_a_writer_then_blocks_new_writers() {
     );
     assert_eq!(lines[2], "e2e pause");
 
-    // A writer arriving now waits for the pause to end.
+    // A writer arriving now (the pause lasts until it has been launched)
+    // waits for the pause to end.
+    repo.write("g2.launched", "");
     let out = wsync(
         dir,
-        &["guard", "--", "sh", "-c", "test -e p.done && touch g2.ok"],
+        &[
+            "-v",
+            "guard",
+            "--",
+            "sh",
+            "-c",
+            "test -e p.done && touch g2.ok",
+        ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(repo.exists("g2.ok"), "the writer ran during the pause");
+    assert!(
+        stderr(&out).contains("for a pause to end"),
+        "{}",
+        stderr(&out)
+    );
     assert!(pauser.0.wait().unwrap().success());
     assert!(!repo.exists(".wsync/sync-pause.lock"), "removed on release");
     assert_eq!(json(dir, &["pause", "status"])["state"], "running");
@@ -286,11 +312,7 @@ fn writer_proceeds_after_max_wait_and_pause_wait_times_out() {
         Some(0)
     );
     let _pauser = spawn(dir, &["pause", "run", "--", "sleep", "30"]);
-    assert!(wait_until(Duration::from_secs(20), || json(
-        dir,
-        &["pause", "status"]
-    )["state"]
-        == "paused"));
+    wait_state(dir, "pause", "paused");
     let out = wsync(dir, &["guard", "--max-wait", "0.3", "--", "touch", "late"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(repo.exists("late"));
@@ -322,9 +344,8 @@ fn sigkilled_pauser_leaves_a_stale_pause_file() {
             "echo $$ > child.pid; exec sleep 30",
         ],
     );
-    assert!(wait_until(Duration::from_secs(20), || repo
-        .exists("child.pid")
-        && json(dir, &["pause", "status"])["state"] == "paused"));
+    wait_file(dir, "child.pid");
+    wait_state(dir, "pause", "paused");
     let _orphan = Orphan(repo.read("child.pid"));
     pauser.kill();
     assert!(repo.exists(".wsync/sync-pause.lock"));

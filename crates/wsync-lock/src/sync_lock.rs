@@ -228,16 +228,23 @@ impl SyncLock {
             .then_some(record)
     }
 
-    /// Free, held (with the record) or stale; a stale record is cleared.
+    /// Free, held (with the record) or stale; a stale record is cleared
+    /// (when the file is writable).
     ///
     /// Never panics on a bad record: garbage, empty and truncated records
     /// on a free lock are [`LockStatus::Stale`]. A lock held by someone
     /// whose record stays unreadable is [`Error::UnreadableRecord`].
     pub fn status(&self) -> Result<LockStatus> {
         check_state_dir(&self.state_dir)?;
-        let file = match OpenOptions::new().read(true).write(true).open(&self.path) {
-            Ok(f) => f,
+        let open = |write| OpenOptions::new().read(true).write(write).open(&self.path);
+        // Read-only access (another user's state folder) still tells the
+        // status; only clearing a stale record needs write access.
+        let (file, writable) = match open(true) {
+            Ok(f) => (f, true),
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(LockStatus::Free),
+            Err(e) if e.kind() == ErrorKind::PermissionDenied && open(false).is_ok() => {
+                (open(false).at(&self.path)?, false)
+            }
             Err(e) => {
                 // A folder, a special file, permissions: name the path.
                 return Err(match std::fs::symlink_metadata(&self.path) {
@@ -258,7 +265,9 @@ impl SyncLock {
                     return Ok(LockStatus::Free);
                 }
                 let status = stale_status(&self.path, &bytes);
-                file.set_len(0).at(&self.path)?;
+                if writable {
+                    file.set_len(0).at(&self.path)?;
+                }
                 Ok(status)
             }
             Err(TryLockError::Error(e)) => Err(e).at(&self.path),

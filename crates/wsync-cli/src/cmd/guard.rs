@@ -5,7 +5,6 @@
 //! so), when the gate cannot be used it warns and runs the command anyway,
 //! and a pause longer than `--max-wait` is waited out only that long.
 
-use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use anyhow::Result;
 use clap::Args;
 use wsync_lock::{PauseGate, WriterOptions};
 
-use crate::cmd::lock::{parse_secs, run_child};
+use crate::cmd::lock::{ChildCommand, parse_secs, run_child};
 use crate::ctx::Ctx;
 
 /// `wsync guard`.
@@ -25,14 +24,9 @@ pub struct GuardArgs {
     /// Wait at most SECS for a pause to end, then run anyway (warns).
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "300")]
     pub max_wait: Duration,
-    /// The command and its arguments.
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
-    pub cmd: Vec<OsString>,
+    /// The command to run.
+    #[command(flatten)]
+    pub command: ChildCommand,
 }
 
 /// Runs CMD inside the gate and exits with its code.
@@ -42,9 +36,12 @@ pub fn run(ctx: &Ctx, args: &GuardArgs) -> Result<u8> {
             "no state folder at {}; running without the pause gate",
             ctx.state_dir.display()
         );
-        return run_child(&args.cmd);
+        return run_child(&args.command.cmd);
     }
-    let name = args.name.clone().unwrap_or_else(|| default_name(&args.cmd));
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| default_name(&args.command.cmd));
     let gate = PauseGate::new(&ctx.state_dir);
     let opts = WriterOptions {
         name: name.clone(),
@@ -56,7 +53,7 @@ pub fn run(ctx: &Ctx, args: &GuardArgs) -> Result<u8> {
             ctx.warn(format!(
                 "pause gate unavailable ({err}); running {name} without it"
             ));
-            return run_child(&args.cmd);
+            return run_child(&args.command.cmd);
         }
     };
     if guard.pause_exceeded() {
@@ -70,14 +67,14 @@ pub fn run(ctx: &Ctx, args: &GuardArgs) -> Result<u8> {
     } else if !guard.waited().is_zero() && guard.paused_by().is_some() {
         tracing::info!("waited {:?} for a pause to end", guard.waited());
     }
-    let code = run_child(&args.cmd);
+    let code = run_child(&args.command.cmd);
     if let Err(err) = guard.finish() {
         ctx.warn(format!("cannot record the writer window: {err}"));
     }
     code
 }
 
-fn default_name(cmd: &[OsString]) -> String {
+fn default_name(cmd: &[std::ffi::OsString]) -> String {
     cmd.first()
         .and_then(|p| Path::new(p).file_name())
         .map_or_else(|| "writer".into(), |n| n.to_string_lossy().into_owned())

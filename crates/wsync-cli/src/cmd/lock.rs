@@ -44,6 +44,14 @@ pub struct LockRunArgs {
     /// Why, recorded in the lock (default: the command line).
     #[arg(long, value_name = "R")]
     pub reason: Option<String>,
+    /// The command to run.
+    #[command(flatten)]
+    pub command: ChildCommand,
+}
+
+/// A wrapped command: `[--] CMD [ARGS...]`, everything after the options.
+#[derive(Debug, Args)]
+pub struct ChildCommand {
     /// The command and its arguments.
     #[arg(
         required = true,
@@ -111,7 +119,7 @@ fn run_locked(ctx: &Ctx, args: &LockRunArgs) -> Result<u8> {
         reason: args
             .reason
             .clone()
-            .unwrap_or_else(|| command_line(&args.cmd)),
+            .unwrap_or_else(|| command_line(&args.command.cmd)),
         ..LockOptions::default()
     };
     let guard = match lock.acquire(&opts, args.wait.unwrap_or(Wait::Fail)) {
@@ -126,7 +134,7 @@ fn run_locked(ctx: &Ctx, args: &LockRunArgs) -> Result<u8> {
     }
     // The lock stays in this process (its handle is close-on-exec); we
     // outlive the child because signals are forwarded, not obeyed.
-    let code = run_child(&args.cmd);
+    let code = run_child(&args.command.cmd);
     guard
         .release()
         .with_context(|| format!("cannot release {}", lock.path().display()))?;

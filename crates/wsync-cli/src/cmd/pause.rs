@@ -1,7 +1,6 @@
 //! `wsync pause status|wait|run`: the pause gate for hosts that poll and
 //! for running a command with writers paused.
 
-use std::ffi::OsString;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -9,7 +8,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use wsync_lock::{DEFAULT_MAX_PAUSE, PauseGate, PauseOptions, PauseStatus};
 
-use crate::cmd::lock::{command_line, parse_secs, run_child};
+use crate::cmd::lock::{ChildCommand, command_line, parse_secs, run_child};
 use crate::ctx::Ctx;
 use crate::exit::{self, Failure};
 
@@ -45,14 +44,9 @@ pub struct PauseRunArgs {
     /// Wait at most SECS for in-flight writers to finish, then run anyway (warns).
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
     pub ack_timeout: Duration,
-    /// The command and its arguments.
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
-    pub cmd: Vec<OsString>,
+    /// The command to run.
+    #[command(flatten)]
+    pub command: ChildCommand,
 }
 
 /// Runs `wsync pause ...`.
@@ -112,7 +106,7 @@ fn run_paused(ctx: &Ctx, gate: &PauseGate, args: &PauseRunArgs) -> Result<u8> {
         reason: args
             .reason
             .clone()
-            .unwrap_or_else(|| command_line(&args.cmd)),
+            .unwrap_or_else(|| command_line(&args.command.cmd)),
         ack_timeout: args.ack_timeout,
         max_pause: DEFAULT_MAX_PAUSE,
     };
@@ -129,7 +123,7 @@ fn run_paused(ctx: &Ctx, gate: &PauseGate, args: &PauseRunArgs) -> Result<u8> {
             args.ack_timeout.as_secs_f64()
         ));
     }
-    let code = run_child(&args.cmd);
+    let code = run_child(&args.command.cmd);
     pause
         .release()
         .with_context(|| format!("cannot end the pause ({})", gate.pause_file().display()))?;
