@@ -216,21 +216,39 @@ fn resume_warns_when_the_branch_or_head_differs() {
     assert_eq!(json["branch"]["state"], "head_differs");
 }
 
+/// `wsync handoff connect DEST --rsh SSH EXTRA...` run in `dir` against
+/// the loopback sshd.
+fn connect(sshd: &Sshd, dir: &Path, extra: &[&str]) -> std::process::Output {
+    let (dest, rsh) = (sshd.destination(), sshd.ssh_command());
+    let mut args = vec!["handoff", "connect", dest.as_str(), "--rsh", rsh.as_str()];
+    args.extend_from_slice(extra);
+    wsync_cmd(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The remote command printed `REMOTE_PWD=<expected>`.
+fn assert_remote_pwd(out: &std::process::Output, expected: &Path) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let pwd = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("REMOTE_PWD="))
+        .unwrap_or_else(|| panic!("no REMOTE_PWD in {stdout}"));
+    assert_eq!(
+        Path::new(pwd).canonicalize().unwrap(),
+        expected.canonicalize().unwrap()
+    );
+}
+
 #[test]
 fn connect_print_shows_sync_and_ssh_commands() {
     let Some(sshd) = Sshd::start() else { return };
     let repo = TestRepo::with_commit();
-    let out = wsync_ok(
-        repo.path(),
-        &[
-            "handoff",
-            "connect",
-            &sshd.destination(),
-            "--print",
-            "--rsh",
-            &sshd.ssh_command(),
-        ],
-    );
+    let out = connect(&sshd, repo.path(), &["--print"]);
+    assert_success(&out, "handoff connect --print");
+    let out = String::from_utf8_lossy(&out.stdout);
     let dest = sshd.destination();
     assert!(out.contains("remote sync --rsh"), "{out}");
     assert!(
@@ -252,13 +270,10 @@ fn connect_runs_a_command_in_the_same_folder_over_real_ssh() {
     let far = tempfile::tempdir().unwrap();
     let far_root = far.path().join("ws");
     std::fs::create_dir_all(far_root.join("app")).unwrap();
-    let out = wsync_cmd(&sub)
-        .args([
-            "handoff",
-            "connect",
-            &sshd.destination(),
-            "--rsh",
-            &sshd.ssh_command(),
+    let out = connect(
+        &sshd,
+        &sub,
+        &[
             "--sync",
             "file",
             "--remote-root",
@@ -267,25 +282,12 @@ fn connect_runs_a_command_in_the_same_folder_over_real_ssh() {
             "over ssh",
             "--command",
             "echo REMOTE_PWD=$(pwd); exit 3",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        ],
+    );
     // The remote command's exit code passes through.
     assert_eq!(out.status.code(), Some(3), "{out:?}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let pwd = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("REMOTE_PWD="))
-        .unwrap_or_else(|| panic!("{stdout}"));
-    assert_eq!(
-        Path::new(pwd).canonicalize().unwrap(),
-        far_root.join("app").canonicalize().unwrap()
-    );
+    assert_remote_pwd(&out, &far_root.join("app"));
     // The record arrived, complete.
-    assert!(wait_until(Duration::from_secs(5), || far_root
-        .join(FILE)
-        .is_file()));
     let arrived: Value =
         serde_json::from_str(&std::fs::read_to_string(far_root.join(FILE)).unwrap()).unwrap();
     assert_eq!(arrived["note"], "over ssh");
@@ -300,33 +302,20 @@ fn connect_syncs_the_tree_with_wsync_remote_then_runs_in_the_folder() {
     let far = tempfile::tempdir().unwrap();
     let far_root = far.path().join("ws");
     let bin = wsync_testutils::wsync_bin();
-    let out = wsync_cmd(&repo.path().join("app"))
-        .args([
-            "handoff",
-            "connect",
-            &sshd.destination(),
-            "--rsh",
-            &sshd.ssh_command(),
+    let out = connect(
+        &sshd,
+        &repo.path().join("app"),
+        &[
             "--remote-wsync",
             bin.to_str().unwrap(),
             "--remote-root",
             far_root.to_str().unwrap(),
             "--command",
             "echo REMOTE_PWD=$(pwd)",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_success(&out, "handoff connect with wsync remote sync");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let pwd = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("REMOTE_PWD="))
-        .unwrap_or_else(|| panic!("{stdout}"));
-    assert_eq!(
-        Path::new(pwd).canonicalize().unwrap(),
-        far_root.join("app").canonicalize().unwrap()
+        ],
     );
+    assert_success(&out, "handoff connect with wsync remote sync");
+    assert_remote_pwd(&out, &far_root.join("app"));
     // The whole tree went across, the record with it.
     assert_eq!(
         std::fs::read_to_string(far_root.join("app/main.rs")).unwrap(),
@@ -403,7 +392,28 @@ fn the_record_survives_sigkill_at_any_instant() {
     let leftovers: Vec<_> = std::fs::read_dir(repo.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".tmp"))
+        .filter(|n| n.starts_with(".wsync-tmp."))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn the_record_stays_out_of_git() {
+    let repo = TestRepo::with_commit();
+    wsync_ok(repo.path(), &["handoff", "save"]);
+    wsync_ok(repo.path(), &["handoff", "save"]);
+    assert!(repo.path().join(FILE).is_file());
+    assert!(
+        repo.status().is_empty(),
+        "status: {:?}",
+        String::from_utf8_lossy(&repo.status())
+    );
+    let exclude = repo.read(".git/info/exclude");
+    assert_eq!(
+        exclude
+            .lines()
+            .filter(|l| *l == "/.wsync-handoff.json")
+            .count(),
+        1
+    );
 }

@@ -1,33 +1,60 @@
 //! `wsync projects`: discovery over a generated tree, the registry, launch.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 use serde_json::Value;
-use wsync_testutils::{wsync, wsync_ok};
+use tempfile::TempDir;
+use wsync_testutils::{assert_success, wsync};
 
-fn touch(root: &Path, rel: &str, text: &str) {
-    let path = root.join(rel);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
+/// A source tree (`code/`) and a state folder (`state/`) in a temp folder.
+struct Fixture {
+    tmp: TempDir,
+    root: PathBuf,
+    state: PathBuf,
 }
 
-fn list(dir: &Path, state: &Path) -> Vec<Value> {
-    let out = wsync_ok(
-        dir,
-        &[
-            "--state-dir",
-            state.to_str().unwrap(),
-            "projects",
-            "list",
-            "--json",
-        ],
-    );
-    serde_json::from_str::<Value>(&out)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+impl Fixture {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("code");
+        let state = tmp.path().join("state");
+        Self { tmp, root, state }
+    }
+
+    fn touch(&self, rel: &str, text: &str) {
+        let path = self.root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// `wsync --state-dir STATE projects ARGS...`, any exit status.
+    fn projects(&self, args: &[&str]) -> Output {
+        let mut all = vec!["--state-dir", self.state.to_str().unwrap(), "projects"];
+        all.extend_from_slice(args);
+        wsync(self.tmp.path(), &all)
+    }
+
+    /// Like [`Fixture::projects`], but must succeed; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.projects(args);
+        assert_success(&out, &format!("wsync projects {args:?}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn discover(&self) -> String {
+        self.ok(&["discover", self.root.to_str().unwrap()])
+    }
+
+    fn list(&self) -> Vec<Value> {
+        let out = self.ok(&["list", "--json"]);
+        serde_json::from_str::<Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
 }
 
 fn find<'a>(projects: &'a [Value], name: &str) -> &'a Value {
@@ -39,40 +66,25 @@ fn find<'a>(projects: &'a [Value], name: &str) -> &'a Value {
 
 #[test]
 fn discovers_all_four_kinds_and_skips_ignored_folders() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("code");
-    let state = tmp.path().join("state");
-    touch(&root, "engine/Cargo.toml", "[package]\nname = \"engine\"\n");
-    touch(&root, "engine/src/main.rs", "fn main() {}\n");
-    touch(&root, "web/package.json", r#"{"scripts": {"dev": "vite"}}"#);
-    touch(
-        &root,
-        "api/package.json",
-        r#"{"scripts": {"start": "node ."}}"#,
-    );
-    touch(&root, "ml/pyproject.toml", "[project]\nname = \"ml\"\n");
-    touch(&root, "ml/ml/__main__.py", "print('hi')\n");
-    touch(&root, "svc/go.mod", "module svc\n");
+    let f = Fixture::new();
+    f.touch("engine/Cargo.toml", "[package]\nname = \"engine\"\n");
+    f.touch("engine/src/main.rs", "fn main() {}\n");
+    f.touch("web/package.json", r#"{"scripts": {"dev": "vite"}}"#);
+    f.touch("api/package.json", r#"{"scripts": {"start": "node ."}}"#);
+    f.touch("ml/pyproject.toml", "[project]\nname = \"ml\"\n");
+    f.touch("ml/ml/__main__.py", "print('hi')\n");
+    f.touch("svc/go.mod", "module svc\n");
     // Never descended into, or ignored by rules.
-    touch(&root, "web/node_modules/dep/package.json", "{}");
-    touch(&root, "engine/target/debug/build/x/Cargo.toml", "");
-    touch(&root, "ml/.venv/lib/site/pkg/setup.py", "");
-    touch(&root, ".git/hooks/package.json", "{}");
-    touch(&root, ".gitignore", "generated/\n");
-    touch(&root, "generated/out/go.mod", "module gen\n");
+    f.touch("web/node_modules/dep/package.json", "{}");
+    f.touch("engine/target/debug/build/x/Cargo.toml", "");
+    f.touch("ml/.venv/lib/site/pkg/setup.py", "");
+    f.touch(".git/hooks/package.json", "{}");
+    f.touch(".gitignore", "generated/\n");
+    f.touch("generated/out/go.mod", "module gen\n");
 
-    let out = wsync_ok(
-        tmp.path(),
-        &[
-            "--state-dir",
-            state.to_str().unwrap(),
-            "projects",
-            "discover",
-            root.to_str().unwrap(),
-        ],
-    );
+    let out = f.discover();
     assert!(out.contains("added"), "{out}");
-    let projects = list(tmp.path(), &state);
+    let projects = f.list();
     let mut names: Vec<&str> = projects
         .iter()
         .map(|p| p["name"].as_str().unwrap())
@@ -87,135 +99,61 @@ fn discovers_all_four_kinds_and_skips_ignored_folders() {
     assert_eq!(find(&projects, "ml")["command"], "python3 -m ml");
     assert_eq!(find(&projects, "svc")["command"], "go run .");
     // The registry is in the state folder.
-    assert!(state.join("projects.json").is_file());
+    assert!(f.state.join("projects.json").is_file());
+    // The human listing has every project.
+    let text = f.ok(&["list"]);
+    for name in names {
+        assert!(text.contains(name), "{text}");
+    }
 }
 
 #[test]
 fn user_commands_survive_rediscovery_and_names_disambiguate() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("code");
-    let state = tmp.path().join("state");
-    let st = state.to_str().unwrap();
-    touch(&root, "a/app/go.mod", "module a\n");
-    touch(&root, "b/app/Cargo.toml", "");
-    wsync_ok(
-        tmp.path(),
-        &[
-            "--state-dir",
-            st,
-            "projects",
-            "discover",
-            root.to_str().unwrap(),
-        ],
-    );
-    let projects = list(tmp.path(), &state);
+    let f = Fixture::new();
+    f.touch("a/app/go.mod", "module a\n");
+    f.touch("b/app/Cargo.toml", "");
+    f.discover();
+    let projects = f.list();
     assert_eq!(find(&projects, "app")["kind"], "go");
     assert_eq!(find(&projects, "app-2")["kind"], "rust");
 
-    wsync_ok(
-        tmp.path(),
-        &[
-            "--state-dir",
-            st,
-            "projects",
-            "set",
-            "app-2",
-            "--command",
-            "cargo run --release",
-        ],
-    );
-    wsync_ok(
-        tmp.path(),
-        &[
-            "--state-dir",
-            st,
-            "projects",
-            "discover",
-            root.to_str().unwrap(),
-        ],
-    );
-    let projects = list(tmp.path(), &state);
+    f.ok(&["set", "app-2", "--command", "cargo run --release"]);
+    f.discover();
+    let projects = f.list();
     assert_eq!(find(&projects, "app-2")["command"], "cargo run --release");
     assert_eq!(find(&projects, "app-2")["user_command"], true);
     assert_eq!(projects.len(), 2);
 
-    let out = wsync(
-        tmp.path(),
-        &[
-            "--state-dir",
-            st,
-            "projects",
-            "set",
-            "nope",
-            "--command",
-            "x",
-        ],
-    );
+    let out = f.projects(&["set", "nope", "--command", "x"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
 }
 
 #[test]
 fn launch_runs_in_the_project_folder_and_passes_the_exit_code_through() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("code");
-    let state = tmp.path().join("state");
-    let st = state.to_str().unwrap();
-    touch(&root, "tool/requirements.txt", "");
-    wsync_ok(
-        tmp.path(),
-        &[
-            "--state-dir",
-            st,
-            "projects",
-            "discover",
-            root.to_str().unwrap(),
-        ],
-    );
-    wsync_ok(
-        tmp.path(),
-        &[
-            "--state-dir",
-            st,
-            "projects",
-            "set",
-            "tool",
-            "--command",
-            "pwd > where.txt; exit 7",
-        ],
-    );
-    let out = wsync(
-        tmp.path(),
-        &["--state-dir", st, "projects", "launch", "tool"],
-    );
+    let f = Fixture::new();
+    f.touch("tool/requirements.txt", "");
+    f.discover();
+    f.ok(&["set", "tool", "--command", "pwd > where.txt; exit 7"]);
+    let out = f.projects(&["launch", "tool"]);
     assert_eq!(out.status.code(), Some(7), "{out:?}");
-    let where_ = std::fs::read_to_string(root.join("tool/where.txt")).unwrap();
+    let where_ = std::fs::read_to_string(f.root.join("tool/where.txt")).unwrap();
     assert_eq!(
         Path::new(where_.trim()).canonicalize().unwrap(),
-        root.join("tool").canonicalize().unwrap()
+        f.root.join("tool").canonicalize().unwrap()
     );
 
-    wsync_ok(
-        tmp.path(),
-        &[
-            "--state-dir",
-            st,
-            "projects",
-            "set",
-            "tool",
-            "--command",
-            "true",
-        ],
-    );
-    let out = wsync(
-        tmp.path(),
-        &["--state-dir", st, "projects", "launch", "tool"],
-    );
-    assert_eq!(out.status.code(), Some(0));
+    f.ok(&["set", "tool", "--command", "true"]);
+    assert_eq!(f.projects(&["launch", "tool"]).status.code(), Some(0));
 
-    let out = wsync(
-        tmp.path(),
-        &["--state-dir", st, "projects", "launch", "missing"],
+    // Killed by a signal: 128 + the signal number, as shells report it.
+    f.ok(&["set", "tool", "--command", "kill -TERM $$"]);
+    assert_eq!(
+        f.projects(&["launch", "tool"]).status.code(),
+        Some(128 + 15)
     );
+
+    let out = f.projects(&["launch", "missing"]);
     assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing"));
 }

@@ -677,14 +677,43 @@ impl SyncEngine {
         report: &mut SyncReport,
         clock: &mut Clock,
     ) -> Result<(), Error> {
-        let ws = &self.workspace;
+        let classifier = self.classifier()?;
+        // An unborn branch (a fresh clone target) takes the remote first,
+        // so local files land on top of its history instead of beside it.
+        let unborn = git::ref_oid(repo, &target.local_ref()).is_none();
+        let integrate_first = unborn && opts.mode != SyncMode::Push;
+        if integrate_first {
+            self.fetch_and_integrate(repo, target, &classifier, opts, journal, report, clock)?;
+        }
         check_cancel(opts, "commit")?;
         journal.advance(&self.state_dir, "commit")?;
-        let classifier = self.classifier()?;
         self.commit_user_changes(repo, &classifier, opts.reason, report)?;
         clock.lap("commit");
         hook(opts, Phase::Committed);
-        if opts.mode != SyncMode::Push {
+        if opts.mode != SyncMode::Push && !integrate_first {
+            self.fetch_and_integrate(repo, target, &classifier, opts, journal, report, clock)?;
+        }
+        if opts.mode == SyncMode::Pull {
+            return Ok(());
+        }
+        self.push_with_retries(repo, target, &classifier, opts, journal, report)?;
+        clock.lap("push");
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fetch_and_integrate(
+        &self,
+        repo: &Repository,
+        target: &Target,
+        classifier: &Classifier,
+        opts: &SyncOptions,
+        journal: &mut Journal,
+        report: &mut SyncReport,
+        clock: &mut Clock,
+    ) -> Result<(), Error> {
+        let ws = &self.workspace;
+        {
             check_cancel(opts, "fetch")?;
             journal.advance(&self.state_dir, "fetch")?;
             let remote = git::fetch(repo, ws, target)?;
@@ -692,12 +721,22 @@ impl SyncEngine {
             hook(opts, Phase::Fetched);
             check_cancel(opts, "integrate")?;
             journal.advance(&self.state_dir, "integrate")?;
-            self.integrate(repo, target, remote, &classifier, opts, report)?;
+            self.integrate(repo, target, remote, classifier, opts, report)?;
             clock.lap("integrate");
         }
-        if opts.mode == SyncMode::Pull {
-            return Ok(());
-        }
+        Ok(())
+    }
+
+    fn push_with_retries(
+        &self,
+        repo: &Repository,
+        target: &Target,
+        classifier: &Classifier,
+        opts: &SyncOptions,
+        journal: &mut Journal,
+        report: &mut SyncReport,
+    ) -> Result<(), Error> {
+        let ws = &self.workspace;
         let retries = self.config.remote.push_retries;
         loop {
             let local = git::ref_oid(repo, &target.local_ref());
@@ -736,11 +775,10 @@ impl SyncEngine {
                     journal.advance(&self.state_dir, "fetch")?;
                     let remote = git::fetch(repo, ws, target)?;
                     journal.advance(&self.state_dir, "integrate")?;
-                    self.integrate(repo, target, remote, &classifier, opts, report)?;
+                    self.integrate(repo, target, remote, classifier, opts, report)?;
                 }
             }
         }
-        clock.lap("push");
         Ok(())
     }
 

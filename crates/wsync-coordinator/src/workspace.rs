@@ -297,6 +297,8 @@ pub fn emergency_stop(state_dir: &Path, grace: Duration) -> Result<StopReport, E
                     }
                 }
                 report.stopped_pid = Some(pid);
+                // Reading the status clears the dead holder's record.
+                let _ = SyncLock::new(state_dir).status();
             } else {
                 report.not_wsync = Some(pid);
             }

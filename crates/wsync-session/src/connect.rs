@@ -152,7 +152,7 @@ pub fn connect_plan(
             let file = shell_quote(&remote_root.join(HANDOFF_FILE).to_string_lossy());
             let tmp = shell_quote(
                 &remote_root
-                    .join(format!("{HANDOFF_FILE}.tmp"))
+                    .join(format!("{}{HANDOFF_FILE}", crate::fsutil::TMP_PREFIX))
                     .to_string_lossy(),
             );
             let (program, args) = ssh(

@@ -19,7 +19,8 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     sweep_stale_temps(dir, &name);
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // The `.wsync-tmp.` prefix keeps `wsync remote` from ever syncing it.
+    let tmp = dir.join(format!("{TMP_PREFIX}{name}.{}", std::process::id()));
     let result = (|| {
         let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         file.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
@@ -37,19 +38,21 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
-/// Removes `.NAME.PID.tmp` files left in `dir` by writers that were killed
-/// mid-write (their pid no longer runs). Best effort.
+/// Prefix of temp files (shared with `wsync remote`, which never syncs them).
+pub(crate) const TMP_PREFIX: &str = ".wsync-tmp.";
+
+/// Removes `.wsync-tmp.NAME.PID` files left in `dir` by writers that were
+/// killed mid-write (their pid no longer runs). Best effort.
 fn sweep_stale_temps(dir: &Path, name: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    let prefix = format!(".{name}.");
+    let prefix = format!("{TMP_PREFIX}{name}.");
     for entry in entries.flatten() {
         let file_name = entry.file_name();
         let Some(pid) = file_name
             .to_str()
             .and_then(|n| n.strip_prefix(&prefix))
-            .and_then(|rest| rest.strip_suffix(".tmp"))
             .and_then(|pid| pid.parse::<u32>().ok())
         else {
             continue;
@@ -108,9 +111,9 @@ mod tests {
     fn stale_temps_of_dead_writers_are_swept() {
         let dir = tempfile::tempdir().unwrap();
         // pid_max is at most 2^22: this pid cannot exist.
-        let stale = dir.path().join(".x.json.99999999.tmp");
+        let stale = dir.path().join(".wsync-tmp.x.json.99999999");
         std::fs::write(&stale, "half").unwrap();
-        let other = dir.path().join(".y.json.99999999.tmp");
+        let other = dir.path().join(".wsync-tmp.y.json.99999999");
         std::fs::write(&other, "not ours").unwrap();
         write_atomic(&dir.path().join("x.json"), b"{}").unwrap();
         assert!(!stale.exists());

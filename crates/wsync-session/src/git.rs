@@ -35,6 +35,43 @@ pub fn git_state(dir: &Path) -> Result<Option<GitState>> {
     }))
 }
 
+/// Adds `/NAME` to `.git/info/exclude` of the repository whose top-level is
+/// `root` (found with `git rev-parse --git-path`, so worktrees work), unless
+/// a line already says it. Returns whether the file changed; `Ok(false)`
+/// when `root` is not the top-level of a git work tree.
+pub fn exclude_from_git(root: &Path, name: &str) -> Result<bool> {
+    let Some(top) = run_git(root, &["rev-parse", "--show-toplevel"])? else {
+        return Ok(false);
+    };
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if !same(Path::new(&top), root) {
+        return Ok(false);
+    }
+    let Some(rel) = run_git(root, &["rev-parse", "--git-path", "info/exclude"])? else {
+        return Ok(false);
+    };
+    let path = root.join(rel);
+    let pattern = format!("/{name}");
+    let mut text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    if text.lines().any(|l| l.trim() == pattern) {
+        return Ok(false);
+    }
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&pattern);
+    text.push('\n');
+    crate::fsutil::write_atomic(&path, text.as_bytes())?;
+    Ok(true)
+}
+
 /// Runs git in `dir`: `Some(trimmed stdout)` on success, `None` when git
 /// exits non-zero (not a repository, detached, unborn), an error when git
 /// cannot run at all.
@@ -85,5 +122,20 @@ mod tests {
 
         let plain = tempfile::tempdir().unwrap();
         assert_eq!(git_state(plain.path()).unwrap(), None);
+    }
+
+    #[test]
+    fn exclude_once_and_only_at_the_top_level() {
+        let repo = TestRepo::with_commit();
+        assert!(exclude_from_git(repo.path(), "rec.json").unwrap());
+        assert!(!exclude_from_git(repo.path(), "rec.json").unwrap());
+        let exclude = repo.read(".git/info/exclude");
+        assert_eq!(exclude.lines().filter(|l| *l == "/rec.json").count(), 1);
+        repo.write("rec.json", "{}");
+        assert!(repo.status().is_empty());
+        std::fs::create_dir_all(repo.path().join("sub")).unwrap();
+        assert!(!exclude_from_git(&repo.path().join("sub"), "x").unwrap());
+        let plain = tempfile::tempdir().unwrap();
+        assert!(!exclude_from_git(plain.path(), "x").unwrap());
     }
 }

@@ -11,7 +11,7 @@ use crate::connect::shell_quote;
 use crate::env::{DEFAULT_SECRET_PATTERNS, EnvFilter};
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::git::{GitState, git_state};
+use crate::git::{GitState, exclude_from_git, git_state};
 use crate::procs::{DevServer, ProcScan, scan_processes};
 
 /// The handoff record's file name, at the top of the synced root.
@@ -31,6 +31,11 @@ pub struct SessionOptions {
     pub secret_patterns: Vec<String>,
     /// How dev servers are found.
     pub proc_scan: ProcScan,
+    /// Keep the record out of git (`.git/info/exclude`) when the root is a
+    /// repository's top-level (default true): it holds host names and
+    /// environment values, changes on every save, and travels with
+    /// `wsync remote` instead.
+    pub exclude_from_git: bool,
 }
 
 impl Default for SessionOptions {
@@ -42,6 +47,7 @@ impl Default for SessionOptions {
                 .map(|s| (*s).to_owned())
                 .collect(),
             proc_scan: ProcScan::default(),
+            exclude_from_git: true,
         }
     }
 }
@@ -254,6 +260,9 @@ impl HandoffStore {
             saved_at: input.now.unwrap_or_else(Utc::now),
             note: input.note.clone(),
         };
+        if options.exclude_from_git {
+            exclude_from_git(&handoff.root, HANDOFF_FILE)?;
+        }
         fsutil::write_json(&self.path, &handoff)?;
         Ok(SaveReport {
             handoff,

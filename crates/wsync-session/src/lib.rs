@@ -61,7 +61,7 @@ mod projects;
 pub use connect::{ConnectOptions, ConnectPlan, PlanStep, SyncMode, shell_quote, shell_words};
 pub use env::{DEFAULT_SECRET_PATTERNS, EnvFilter, filter_env};
 pub use error::{Error, Result};
-pub use git::{GitState, git_state};
+pub use git::{GitState, exclude_from_git, git_state};
 pub use handoff::{
     BranchCheck, HANDOFF_FILE, Handoff, HandoffStore, Resume, SaveInput, SaveReport, ServerRestart,
     SessionOptions, TmuxInfo, Warning, default_host, resume,

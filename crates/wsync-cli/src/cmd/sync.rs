@@ -82,8 +82,10 @@ pub fn run(ctx: &Ctx, args: &SyncArgs, mode: SyncMode) -> Result<u8> {
 }
 
 fn debug_pause(phase: Phase, state_dir: PathBuf) -> wsync_coordinator::PhaseHook {
+    let fired = AtomicBool::new(false);
     Arc::new(move |p| {
-        if p != phase {
+        // Only the first time: a retried push passes the same phase again.
+        if p != phase || fired.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return;
         }
         let marker = state_dir.join(format!("debug-paused-at-{}", p.as_str()));
