@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 mod lock;
+mod snapshot;
 mod session;
 
 use std::collections::BTreeMap;
@@ -99,7 +100,7 @@ impl Row {
 type BenchFn = fn(&BenchCtx) -> Result<Vec<Row>>;
 
 /// Every benchmark, by name.
-pub const BENCHES: &[(&str, BenchFn)] = &[("lock", lock::run), ("session", session::run)];
+pub const BENCHES: &[(&str, BenchFn)] = &[("lock", lock::run), ("session", session::run), ("snapshot", snapshot::run)];
 
 /// Runs the named benchmarks (all when none) and writes the results.
 pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {

@@ -1,0 +1,266 @@
+//! `cargo xtask bench snapshot`: capturing a 10,000-file workspace with 10
+//! modified files and one untracked file — wsync (in-process and through the
+//! CLI) against the old system's `git bundle create --all` + `git diff`, and
+//! against `git add -A` into a temporary index + `git write-tree` +
+//! `git commit-tree` — plus new disk bytes per snapshot and restore time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use wsync_snapshot::{CaptureOptions, RestoreOptions, SnapshotStore};
+
+use super::{BenchCtx, Row, ms, stats, time_n};
+
+const GIT_ENV: &[(&str, &str)] = &[
+    ("GIT_CONFIG_GLOBAL", "/dev/null"),
+    ("GIT_CONFIG_NOSYSTEM", "1"),
+    ("GIT_AUTHOR_NAME", "bench"),
+    ("GIT_AUTHOR_EMAIL", "bench@wsync.invalid"),
+    ("GIT_COMMITTER_NAME", "bench"),
+    ("GIT_COMMITTER_EMAIL", "bench@wsync.invalid"),
+    ("LC_ALL", "C"),
+];
+
+fn git_cmd(dir: &Path) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.current_dir(dir)
+        .envs(GIT_ENV.iter().copied())
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_INDEX_FILE")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<Vec<u8>> {
+    let out = git_cmd(dir)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run git {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "git {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out.stdout)
+}
+
+/// Total size of the files under `dir`.
+fn du(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => du(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
+}
+
+fn generate(work: &Path, files: usize) -> Result<()> {
+    std::fs::create_dir_all(work)?;
+    git(work, &["init", "-q", "-b", "main"])?;
+    for i in 0..files {
+        let dir = work.join(format!("d{:03}", i / 100));
+        std::fs::create_dir_all(&dir)?;
+        let mut body = String::new();
+        for line in 0..8 {
+            body.push_str(&format!("file {i} line {line}: some ordinary source text\n"));
+        }
+        std::fs::write(dir.join(format!("f{i:05}.txt")), body)?;
+    }
+    git(work, &["add", "-A"])?;
+    git(work, &["commit", "-q", "-m", "generated"])?;
+    // A real workspace's history is packed.
+    git(work, &["repack", "-adq"])?;
+    git(work, &["prune-packed"])?;
+    std::fs::write(work.join(".git/info/exclude"), "/.wsync/\n/old-approach/\n")?;
+    Ok(())
+}
+
+fn modify(work: &Path, files: usize, round: usize) -> Result<()> {
+    for k in 0..10 {
+        let i = (k * (files / 10) + 7) % files;
+        let path = work.join(format!("d{:03}/f{i:05}.txt", i / 100));
+        let mut text = std::fs::read_to_string(&path)?;
+        text.push_str(&format!("edited in round {round}\n"));
+        std::fs::write(&path, text)?;
+    }
+    std::fs::write(
+        work.join(format!("untracked-{round}.txt")),
+        "a new file\n",
+    )?;
+    Ok(())
+}
+
+/// Runs the snapshot benchmarks.
+pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
+    let (files, runs) = if ctx.quick { (10_000, 7) } else { (10_000, 31) };
+    let tmp = tempfile::tempdir().context("cannot create a temp folder")?;
+    let work = tmp.path().join("work");
+    eprintln!("generating a {files}-file repository…");
+    generate(&work, files)?;
+    modify(&work, files, 0)?;
+    // The edits happened before the sync, not during it.
+    std::thread::sleep(Duration::from_millis(200));
+    let state = work.join(".wsync");
+    let objects = work.join(".git/objects");
+    let mut rows = Vec::new();
+
+    // The old system: a bundle of everything plus the diff, per sync.
+    let old = work.join("old-approach");
+    std::fs::create_dir_all(&old)?;
+    let mut n = 0;
+    let old_disk0 = du(&old);
+    let mut bundle = time_n(runs, || {
+        n += 1;
+        let base = old.join(format!("sync_{n}"));
+        let b = format!("{}.bundle", base.display());
+        git(&work, &["bundle", "create", "-q", &b, "--all"])?;
+        let diff = git(&work, &["diff", "HEAD"])?;
+        std::fs::write(format!("{}.diff", base.display()), diff)?;
+        let status = git(&work, &["status", "--porcelain"])?;
+        let count = status.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
+        std::fs::write(
+            format!("{}.meta", base.display()),
+            format!("{{\"git_status_files\": {count}}}\n"),
+        )?;
+        Ok(())
+    })?;
+    let bundle_disk = (du(&old) - old_disk0) as f64 / (runs + 1) as f64;
+    std::fs::remove_dir_all(&old)?;
+    let bundle = stats(&mut bundle);
+
+    // wsync, in-process.
+    let store = SnapshotStore::open(&work, &state)?;
+    let opts = CaptureOptions {
+        reason: "bench".into(),
+        ..CaptureOptions::default()
+    };
+    let disk0 = du(&objects) + du(&state);
+    let mut lib = time_n(runs, || {
+        store.capture(&opts)?;
+        Ok(())
+    })?;
+    let wsync_disk = (du(&objects) + du(&state) - disk0) as f64 / (runs + 1) as f64;
+    let lib = stats(&mut lib);
+
+    // wsync, through the CLI.
+    let ws = work.to_string_lossy().into_owned();
+    let mut cli = time_n(runs, || {
+        let status = Command::new(&ctx.wsync)
+            .args(["-q", "--workspace", &ws, "snapshot", "create", "--reason", "bench"])
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("wsync snapshot create failed: {status}");
+        }
+        Ok(())
+    })?;
+    let cli = stats(&mut cli);
+
+    // git add -A into a temporary index, write-tree, commit-tree.
+    let tmp_index: PathBuf = tmp.path().join("bench-index");
+    let disk1 = du(&objects);
+    let mut addall = time_n(runs, || {
+        std::fs::copy(work.join(".git/index"), &tmp_index)?;
+        let idx = tmp_index.to_string_lossy().into_owned();
+        let run_idx = |args: &[&str]| -> Result<Vec<u8>> {
+            let out = git_cmd(&work)
+                .env("GIT_INDEX_FILE", &idx)
+                .args(args)
+                .output()?;
+            if !out.status.success() {
+                bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(out.stdout)
+        };
+        run_idx(&["add", "-A"])?;
+        let tree = run_idx(&["write-tree"])?;
+        let tree = String::from_utf8_lossy(&tree).trim().to_owned();
+        run_idx(&["commit-tree", &tree, "-p", "HEAD", "-m", "snapshot"])?;
+        Ok(())
+    })?;
+    let addall_disk = (du(&objects) - disk1) as f64 / (runs + 1) as f64;
+    let addall = stats(&mut addall);
+
+    // Restore: 10 more edits + an untracked file since the snapshot.
+    let target = store.capture(&opts)?;
+    let mut restore_samples = Vec::new();
+    for round in 1..=runs.min(15) {
+        modify(&work, files, round)?;
+        std::thread::sleep(Duration::from_millis(60));
+        let t = Instant::now();
+        store.restore(&target.id, &RestoreOptions::default())?;
+        restore_samples.push(t.elapsed());
+    }
+    let restore = stats(&mut restore_samples);
+    if !git(&work, &["status", "--porcelain"])?
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .all(|l| l.starts_with(b"??") || l.starts_with(b" M"))
+    {
+        bail!("restore left an unexpected state");
+    }
+
+    let mb = |b: f64| b / 1e6;
+    rows.push(
+        Row::versus(
+            "capture, 10k files / 10 modified + 1 untracked, in-process, median",
+            ms(lib.p50),
+            "git bundle --all + git diff",
+            ms(bundle.p50),
+            "ms",
+        )
+        .goal("≤ 10 ms, ≤ 0.033× (≥ 30× faster)"),
+    );
+    rows.push(Row::versus(
+        "capture, in-process, median",
+        ms(lib.p50),
+        "git add -A (temp index) + write-tree + commit-tree",
+        ms(addall.p50),
+        "ms",
+    ));
+    rows.push(Row::versus(
+        "capture, in-process, p95",
+        ms(lib.p95),
+        "git bundle --all + git diff",
+        ms(bundle.p95),
+        "ms",
+    ));
+    rows.push(Row::versus(
+        "capture via `wsync snapshot create` (process), median",
+        ms(cli.p50),
+        "git bundle --all + git diff",
+        ms(bundle.p50),
+        "ms",
+    ));
+    rows.push(
+        Row::versus(
+            "new disk per snapshot (objects + files)",
+            mb(wsync_disk),
+            "git bundle --all + git diff",
+            mb(bundle_disk),
+            "MB",
+        )
+        .goal("≤ 1 MB"),
+    );
+    rows.push(Row::versus(
+        "new disk per snapshot",
+        mb(wsync_disk),
+        "git add -A (temp index) + write-tree + commit-tree",
+        mb(addall_disk),
+        "MB",
+    ));
+    rows.push(Row::solo(
+        "restore (safety capture + 11 paths back + index + HEAD), median",
+        ms(restore.p50),
+        "ms",
+    ));
+    Ok(rows)
+}
