@@ -331,3 +331,28 @@ fn init_sets_remote_and_branch_and_keeps_an_existing_config() {
     wsync_ok(a.path(), &["init"]);
     assert_eq!(wsync_ok(a.path(), &["config", "get", "interval_minutes"]).trim(), "15");
 }
+
+#[test]
+fn sigterm_mid_run_rolls_back_cleanly() {
+    let remote = TestRemote::new();
+    let a = remote.clone_repo("a");
+    init(&a);
+    a.write("wip.txt", "w\n");
+    let head = a.head();
+    let mut child = paused_sync(&a, "fetched");
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    std::fs::remove_file(a.path().join(".wsync/debug-paused-at-fetched")).unwrap();
+    let (status, err) = child.0.wait_with_output_ref();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("cancelled") && err.contains("restored"), "{err}");
+    assert_eq!(a.head(), head);
+    assert_eq!(a.read("wip.txt"), "w\n");
+    assert_eq!(remote.subjects(), vec!["initial".to_owned()]);
+    let st = json(a.path(), &["status"]);
+    assert_eq!(st["lock"]["state"], "free");
+    assert!(st["interrupted"].is_null());
+}
