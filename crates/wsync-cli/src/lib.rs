@@ -139,6 +139,8 @@ pub enum Command {
     Health(cmd::health::HealthArgs),
     /// Watch the workspace and sync user changes as they settle (foreground).
     Watch(cmd::watch::WatchArgs),
+    /// A 30-second offline demo: autonomous writes ignored, user edits synced.
+    Demo(cmd::demo::DemoArgs),
 }
 
 /// Parses the process arguments, runs the command and returns its exit code.
@@ -230,5 +232,6 @@ fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
         Command::StopScheduler => cmd::daemon::stop_scheduler(&ctx()?),
         Command::Health(args) => cmd::health::run(&ctx()?, args),
         Command::Watch(args) => cmd::watch::run(&ctx()?, args),
+        Command::Demo(args) => cmd::demo::run(&ctx()?, args),
     }
 }

@@ -596,6 +596,27 @@ impl Queue {
     }
 }
 
+/// Queues a sync request for the workspace whose state folder is
+/// `state_dir` and wakes its daemon: the old `request-sync` API for hosts.
+///
+/// ```
+/// use wsync_coordinator::queue::{Priority, request_sync};
+///
+/// let state = tempfile::tempdir()?;
+/// let ticket = request_sync(state.path(), "manual", "my-host", Priority::High, "user saved")?;
+/// assert!(!ticket.merged);
+/// # Ok::<(), wsync_coordinator::Error>(())
+/// ```
+pub fn request_sync(
+    state_dir: &Path,
+    sync_type: &str,
+    caller: &str,
+    priority: Priority,
+    reason: &str,
+) -> Result<Enqueued> {
+    Queue::new(state_dir).enqueue(&SyncRequest::new(sync_type, caller, priority, reason))
+}
+
 fn release_orphans(file: &mut QueueFile, is_alive: &impl Fn(u32) -> bool) -> bool {
     let mut changed = false;
     for e in &mut file.entries {

@@ -43,6 +43,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use notify::event::{EventKind, MetadataKind, ModifyKind};
 use notify::{PollWatcher, RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, NoCache, new_debouncer_opt};
 use serde::{Deserialize, Serialize};
@@ -412,6 +413,15 @@ impl Core {
                         if ev.need_rescan() {
                             (self.sink)(WatchEvent::Rescan);
                             self.reconcile("overflow");
+                            continue;
+                        }
+                        // Reads (ours included: the filter and git status
+                        // read files) and access-time updates change nothing.
+                        if matches!(
+                            ev.kind,
+                            EventKind::Access(_)
+                                | EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime))
+                        ) {
                             continue;
                         }
                         for p in &ev.paths {

@@ -4,6 +4,7 @@ pub mod completions;
 pub mod config;
 pub mod conflicts;
 pub mod daemon;
+pub mod demo;
 pub mod emergency;
 pub mod guard;
 pub mod handoff;
