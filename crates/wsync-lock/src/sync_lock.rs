@@ -280,16 +280,22 @@ impl SyncLock {
         let mut backoff = Backoff::new(deadline_after(READ_GRACE), Duration::from_millis(20));
         loop {
             let bytes = read_all(file).at(&self.path)?;
-            let why = match parse_record(&bytes) {
+            let (why, record) = match parse_record(&bytes) {
                 Ok(Some(r)) => match gone_reason(r.pid, r.start_time, &r.host) {
                     None => return Ok(LockStatus::Held(r)),
-                    // The new holder has not replaced a dead one's record yet.
-                    Some(why) => format!("the record is left over: {why}"),
+                    // Likely a new holder that has not yet replaced a dead
+                    // one's record; retry.
+                    Some(why) => (why, Some(r)),
                 },
-                Ok(None) => "the record is empty".to_owned(),
-                Err(why) => why,
+                Ok(None) => ("the record is empty".to_owned(), None),
+                Err(why) => (why, None),
             };
             if !backoff.wait() {
+                // The lock is held, so a readable record is the best we
+                // know even if its pid looks gone (another pid namespace).
+                if let Some(r) = record {
+                    return Ok(LockStatus::Held(r));
+                }
                 return Err(Error::UnreadableRecord {
                     path: self.path.clone(),
                     why,

@@ -220,6 +220,15 @@ fn foreign_holder_without_record_is_an_error_naming_the_file() {
     assert!(matches!(busy, Error::Busy { holder: None, .. }), "{busy:?}");
     drop(foreign);
     assert!(matches!(lock.status().unwrap(), LockStatus::Stale { .. }));
+
+    // Held, with a readable record whose pid looks gone (e.g. a holder in
+    // another pid namespace): still held, never stale.
+    let pid = dead_pid();
+    std::fs::write(lock.path(), record_json(pid, None)).unwrap();
+    let foreign = File::open(lock.path()).unwrap();
+    foreign.lock().unwrap();
+    assert!(matches!(lock.status().unwrap(), LockStatus::Held(r) if r.pid == pid));
+    assert!(std::fs::read(lock.path()).unwrap().len() > 10, "not cleared");
 }
 
 #[test]

@@ -75,7 +75,10 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
     let mut guard = time_n(n_cli, || wsync(&["guard", "--", "true"]))?;
     let mut peer = time_n(n_cli, flock)?;
     let mut lock_run = time_n(n_cli, || wsync(&["lock", "run", "--", "true"]))?;
+    // The start-up floor every `wsync` command pays (a large binary).
+    let mut version = time_n(n_cli, || wsync(&["--version"]))?;
     let (g, p, l) = (stats(&mut guard), stats(&mut peer), stats(&mut lock_run));
+    let v = stats(&mut version);
     rows.push(Row::versus(
         "`wsync guard -- true` round trip, p50",
         ms(g.p50),
@@ -93,6 +96,13 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
     rows.push(Row::versus(
         "`wsync lock run -- true` round trip, p50",
         ms(l.p50),
+        "flock -n FILE true",
+        ms(p.p50),
+        "ms",
+    ));
+    rows.push(Row::versus(
+        "`wsync --version` (start-up floor), p50",
+        ms(v.p50),
         "flock -n FILE true",
         ms(p.p50),
         "ms",
