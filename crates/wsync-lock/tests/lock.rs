@@ -228,7 +228,10 @@ fn foreign_holder_without_record_is_an_error_naming_the_file() {
     let foreign = File::open(lock.path()).unwrap();
     foreign.lock().unwrap();
     assert!(matches!(lock.status().unwrap(), LockStatus::Held(r) if r.pid == pid));
-    assert!(std::fs::read(lock.path()).unwrap().len() > 10, "not cleared");
+    assert!(
+        std::fs::read(lock.path()).unwrap().len() > 10,
+        "not cleared"
+    );
 }
 
 #[test]
