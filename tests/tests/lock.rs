@@ -440,3 +440,29 @@ fn lock_files_that_are_folders() {
     assert!(repo.exists("ran"));
     assert!(stderr(&out).contains("writers.lock"), "{}", stderr(&out));
 }
+
+#[test]
+fn sigkilled_writer_does_not_hold_up_a_pause() {
+    let repo = init();
+    let dir = repo.path();
+    let mut writer = spawn(
+        dir,
+        &[
+            "guard",
+            "--name",
+            "doomed",
+            "--",
+            "sh",
+            "-c",
+            "echo $$ > child.pid; exec sleep 30",
+        ],
+    );
+    wait_file(dir, "child.pid");
+    let _orphan = Orphan(repo.read("child.pid"));
+    writer.kill();
+    // The orphaned command does not inherit the shared lock: the pause is
+    // acknowledged at once (no "still busy" warning).
+    let out = wsync(dir, &["pause", "run", "--ack-timeout", "20", "--", "true"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+}
