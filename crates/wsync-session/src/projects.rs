@@ -1,7 +1,7 @@
 //! The project launcher: discovery of Rust, Node, Python and Go projects and
 //! the JSON registry of their launch commands.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -74,7 +74,7 @@ pub struct DiscoverOptions {
 /// What [`discover`] found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DiscoverReport {
-    /// The projects, in walk order (sorted by path).
+    /// The projects, sorted by folder.
     pub found: Vec<Found>,
     /// Files that could not be read or parsed (the project is still found,
     /// with a generic command), and unreadable folders.
@@ -87,6 +87,7 @@ pub struct DiscoverReport {
 /// `__pycache__` or `.wsync`.
 pub fn discover(roots: &[PathBuf], options: &DiscoverOptions) -> Result<DiscoverReport> {
     let mut report = DiscoverReport::default();
+    let mut markers: BTreeMap<PathBuf, ProjectKind> = BTreeMap::new();
     for root in roots {
         let root = root.canonicalize().map_err(|e| Error::io(root, e))?;
         let walker = ignore::WalkBuilder::new(&root)
@@ -112,31 +113,42 @@ pub fn discover(roots: &[PathBuf], options: &DiscoverOptions) -> Result<Discover
                     continue;
                 }
             };
-            if !entry.file_type().is_some_and(|t| t.is_dir()) {
+            // Markers are taken from the walk itself: no extra stat per
+            // folder and marker.
+            if !entry.file_type().is_some_and(|t| t.is_file()) {
                 continue;
             }
-            if let Some(found) = classify(entry.path(), &mut report.warnings) {
-                report.found.push(found);
+            let Some(kind) = entry.file_name().to_str().and_then(marker_kind) else {
+                continue;
+            };
+            if let Some(dir) = entry.path().parent() {
+                let best = markers.entry(dir.to_path_buf()).or_insert(kind);
+                *best = (*best).min(kind);
             }
         }
+    }
+    for (dir, kind) in markers {
+        report
+            .found
+            .push(classify(&dir, kind, &mut report.warnings));
     }
     Ok(report)
 }
 
-/// The project in `dir`, if it has a marker file.
-fn classify(dir: &Path, warnings: &mut Vec<String>) -> Option<Found> {
-    let has = |name: &str| dir.join(name).is_file();
-    let kind = if has("Cargo.toml") {
-        ProjectKind::Rust
-    } else if has("go.mod") {
-        ProjectKind::Go
-    } else if has("package.json") {
-        ProjectKind::Node
-    } else if has("pyproject.toml") || has("setup.py") || has("requirements.txt") {
-        ProjectKind::Python
-    } else {
-        return None;
-    };
+/// The kind a marker file name announces.
+fn marker_kind(name: &str) -> Option<ProjectKind> {
+    match name {
+        "Cargo.toml" => Some(ProjectKind::Rust),
+        "go.mod" => Some(ProjectKind::Go),
+        "package.json" => Some(ProjectKind::Node),
+        "pyproject.toml" | "setup.py" | "requirements.txt" => Some(ProjectKind::Python),
+        _ => None,
+    }
+}
+
+/// The project in `dir` of `kind` (when a folder has several markers the
+/// first kind in [`ProjectKind`] order wins: Rust, Go, Node, Python).
+fn classify(dir: &Path, kind: ProjectKind, warnings: &mut Vec<String>) -> Found {
     let name = dir.file_name().map_or_else(
         || "project".to_owned(),
         |n| n.to_string_lossy().into_owned(),
@@ -147,12 +159,12 @@ fn classify(dir: &Path, warnings: &mut Vec<String>) -> Option<Found> {
         ProjectKind::Node => node_command(&dir.join("package.json"), warnings),
         ProjectKind::Python => python_command(dir, &name),
     };
-    Some(Found {
+    Found {
         name,
         kind,
         path: dir.to_path_buf(),
         command,
-    })
+    }
 }
 
 /// `npm run dev` when the `dev` script exists, else `npm start`.
