@@ -141,6 +141,22 @@ fn a_running_dev_server_and_its_port_are_recorded() {
     let resume = wsync_ok(repo.path(), &["handoff", "resume"]);
     assert!(resume.contains("servers to restart"), "{resume}");
     assert!(resume.contains("http.server"), "{resume}");
+
+    // connect prints the servers to restart on the other host, in its tree.
+    let plan = wsync_ok(
+        repo.path(),
+        &[
+            "handoff",
+            "connect",
+            "elsewhere",
+            "--print",
+            "--remote-root",
+            "/far/ws",
+        ],
+    );
+    assert!(plan.contains("servers to restart"), "{plan}");
+    assert!(plan.contains("cd /far/ws/web && "), "{plan}");
+    assert!(plan.contains(&format!("listening on {port}")), "{plan}");
     server.kill();
 
     // resume --start restarts it here, detached, in the same folder.

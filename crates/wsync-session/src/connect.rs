@@ -88,6 +88,8 @@ impl PlanStep {
 pub struct ConnectPlan {
     /// The commands.
     pub steps: Vec<PlanStep>,
+    /// The synced root on HOST.
+    pub remote_root: PathBuf,
     /// The working folder on HOST.
     pub remote_folder: PathBuf,
     /// The servers to restart over there.
@@ -210,6 +212,7 @@ pub fn connect_plan(
     });
     Ok(ConnectPlan {
         steps,
+        remote_root,
         remote_folder,
         servers: handoff.servers.clone(),
     })

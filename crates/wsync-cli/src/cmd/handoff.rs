@@ -200,7 +200,7 @@ fn connect(ctx: &Ctx, store: &HandoffStore, args: &ConnectArgs) -> Result<u8> {
             for step in &plan.steps {
                 let _ = writeln!(text, "# {}\n{}", step.what, step.command_line());
             }
-            text.push_str(&servers_text(&report.handoff, &plan.remote_folder));
+            text.push_str(&servers_text(&report.handoff, &plan.remote_root));
             text
         })?;
         return Ok(exit::SUCCESS);
@@ -230,7 +230,7 @@ fn connect(ctx: &Ctx, store: &HandoffStore, args: &ConnectArgs) -> Result<u8> {
             );
         }
     }
-    let servers = servers_text(&report.handoff, &plan.remote_folder);
+    let servers = servers_text(&report.handoff, &plan.remote_root);
     if !servers.is_empty() {
         ctx.say(servers.trim_end());
     }
@@ -353,17 +353,12 @@ fn short(oid: Option<&str>) -> &str {
     oid.map_or("(no commit)", |o| o.get(..12).unwrap_or(o))
 }
 
-/// The saved servers and the commands that restart them in `folder`'s tree.
-fn servers_text(handoff: &Handoff, remote_folder: &Path) -> String {
+/// The saved servers and the commands that restart them under `root`.
+fn servers_text(handoff: &Handoff, root: &Path) -> String {
     let mut text = String::new();
     if handoff.servers.is_empty() {
         return text;
     }
-    // The remote root is the remote folder minus the saved relative folder.
-    let root = remote_folder
-        .ancestors()
-        .nth(handoff.folder.components().count())
-        .unwrap_or(remote_folder);
     text.push_str("servers to restart:\n");
     for server in &handoff.servers {
         let _ = writeln!(
