@@ -32,6 +32,14 @@ fn spawn(dir: &Path, args: &[&str]) -> KillOnDrop {
     )
 }
 
+/// `words` split at spaces, then `script` as one argument
+/// (`sh_args("guard -- sh -c", "exit 3")`).
+fn sh_args<'a>(words: &'a str, script: &'a str) -> Vec<&'a str> {
+    let mut v: Vec<&str> = words.split(' ').collect();
+    v.push(script);
+    v
+}
+
 /// Waits until `wsync GROUP status` reports `state`.
 fn wait_state(dir: &Path, group: &str, state: &str) {
     assert!(
@@ -82,16 +90,10 @@ fn sigkilled_holder_frees_the_lock_and_leaves_a_stale_record() {
     for round in 0..2 {
         let mut holder = spawn(
             dir,
-            &[
-                "lock",
-                "run",
-                "--reason",
-                "holder",
-                "--",
-                "sh",
-                "-c",
+            &sh_args(
+                "lock run --reason holder -- sh -c",
                 "echo $$ > child.pid; exec sleep 30",
-            ],
+            ),
         );
         wait_file(dir, "child.pid");
         wait_state(dir, "lock", "held");
@@ -215,36 +217,19 @@ fn pause_waits_for_a_writer_then_blocks_new_writers() {
     let dir = repo.path();
     let mut writer = spawn(
         dir,
-        &[
-            "guard",
-            "--name",
-            "slow",
-            "--",
-            "sh",
-            "-c",
+        &sh_args(
+            "guard --name slow -- sh -c",
             "touch w.started; sleep 1; touch w.done",
-        ],
+        ),
     );
     wait_file(dir, "w.started");
     let pause_script = "test -e w.done && echo acked > p.ok; \
                         cat .wsync/sync-pause.lock > p.content; \
                         while [ ! -e g2.launched ]; do sleep 0.05; done; \
                         sleep 1.5; touch p.done";
-    let mut pauser = spawn(
-        dir,
-        &[
-            "pause",
-            "run",
-            "--reason",
-            "e2e pause",
-            "--ack-timeout",
-            "30",
-            "--",
-            "sh",
-            "-c",
-            pause_script,
-        ],
-    );
+    let mut args = vec!["pause", "run", "--reason", "e2e pause"];
+    args.extend(sh_args("--ack-timeout 30 -- sh -c", pause_script));
+    let mut pauser = spawn(dir, &args);
     // The pause file shows up before the writer finishes…
     wait_state(dir, "pause", "paused");
     // …but the paused command only runs once the writer is done.
@@ -335,14 +320,7 @@ fn sigkilled_pauser_leaves_a_stale_pause_file() {
     let dir = repo.path();
     let mut pauser = spawn(
         dir,
-        &[
-            "pause",
-            "run",
-            "--",
-            "sh",
-            "-c",
-            "echo $$ > child.pid; exec sleep 30",
-        ],
+        &sh_args("pause run -- sh -c", "echo $$ > child.pid; exec sleep 30"),
     );
     wait_file(dir, "child.pid");
     wait_state(dir, "pause", "paused");
@@ -447,15 +425,10 @@ fn sigkilled_writer_does_not_hold_up_a_pause() {
     let dir = repo.path();
     let mut writer = spawn(
         dir,
-        &[
-            "guard",
-            "--name",
-            "doomed",
-            "--",
-            "sh",
-            "-c",
+        &sh_args(
+            "guard --name doomed -- sh -c",
             "echo $$ > child.pid; exec sleep 30",
-        ],
+        ),
     );
     wait_file(dir, "child.pid");
     let _orphan = Orphan(repo.read("child.pid"));
