@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use wsync_testutils::{
-    KillOnDrop, Sshd, TestRepo, assert_success, wait_until, wsync_cmd, wsync_ok,
+    KillOnDrop, Sshd, TestRepo, assert_success, wait_until, wsync_cmd, wsync_ok, wsync_spawn,
 };
 
 const FILE: &str = ".wsync-handoff.json";
@@ -389,14 +389,8 @@ fn the_record_survives_sigkill_at_any_instant() {
     let repo = TestRepo::with_commit();
     wsync_ok(repo.path(), &["handoff", "save", "--note", "first"]);
     for i in 0..24u64 {
-        let child = wsync_cmd(repo.path())
-            .args(["handoff", "save", "--note", &format!("round {i}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut child = KillOnDrop(child);
+        let note = format!("round {i}");
+        let mut child = wsync_spawn(repo.path(), &["handoff", "save", "--note", &note]);
         std::thread::sleep(Duration::from_micros(i * 700));
         child.kill();
         // Old or new, but always a complete record.

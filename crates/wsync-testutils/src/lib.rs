@@ -359,6 +359,19 @@ pub fn wsync_ok<S: AsRef<OsStr>>(dir: &Path, args: &[S]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Starts `wsync args` in `dir` in the background with stdio on /dev/null
+/// (e.g. to SIGKILL it mid-write); killed on drop.
+pub fn wsync_spawn<S: AsRef<OsStr>>(dir: &Path, args: &[S]) -> KillOnDrop {
+    let child = wsync_cmd(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    KillOnDrop(child)
+}
+
 /// Polls `cond` every 10 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
