@@ -363,6 +363,54 @@ mod tests {
         assert!(remote.contains("exec \"${SHELL:-/bin/sh}\" -l"), "{remote}");
     }
 
+    /// The remote command, run by a real `sh` on a host without tmux,
+    /// falls back to a login shell in the saved folder.
+    #[test]
+    fn without_tmux_the_remote_command_opens_a_login_shell_in_the_folder() {
+        let host = tempfile::tempdir().unwrap();
+        let root = host.path().join("ws");
+        std::fs::create_dir_all(root.join("app/web")).unwrap();
+        let empty_path = host.path().join("bin");
+        std::fs::create_dir(&empty_path).unwrap();
+        // The user's "shell" records where it started and how.
+        let shell = host.path().join("fake-login-shell");
+        let out = host.path().join("shell-ran");
+        std::fs::write(
+            &shell,
+            format!("#!/bin/sh\necho \"$PWD $1\" > {}\n", out.display()),
+        )
+        .unwrap();
+        std::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&shell)
+            .status()
+            .unwrap();
+        let plan = connect_plan(
+            &record(),
+            Path::new("/l"),
+            &ConnectOptions {
+                host: "h".into(),
+                remote_root: Some(root.clone()),
+                sync: SyncMode::None,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let remote = plan.steps[0].args.last().unwrap();
+        let status = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(remote)
+            .env_clear()
+            .env("PATH", &empty_path)
+            .env("SHELL", &shell)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let ran = std::fs::read_to_string(&out).unwrap();
+        let web = root.join("app/web");
+        assert_eq!(ran.trim(), format!("{} -l", web.display()));
+    }
+
     #[test]
     fn file_sync_and_command_with_custom_rsh() {
         let plan = connect_plan(
