@@ -380,7 +380,7 @@ mod tests {
             format!("#!/bin/sh\necho \"$PWD $1\" > {}\n", out.display()),
         )
         .unwrap();
-        std::process::Command::new("chmod")
+        Command::new("chmod")
             .arg("+x")
             .arg(&shell)
             .status()
@@ -397,7 +397,7 @@ mod tests {
         )
         .unwrap();
         let remote = plan.steps[0].args.last().unwrap();
-        let status = std::process::Command::new("/bin/sh")
+        let status = Command::new("/bin/sh")
             .arg("-c")
             .arg(remote)
             .env_clear()
