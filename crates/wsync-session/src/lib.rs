@@ -2,12 +2,12 @@
 //! environment allow-list.
 //!
 //! The user walks from one machine to another and continues where they left
-//! off. [`save`] records a [`Handoff`] — the working folder relative to the
-//! synced root, the git branch and HEAD there, the tmux session, the dev
-//! servers running under the root (command line, folder, listening TCP
-//! ports read from `/proc`), allow-listed environment variables, host and
-//! time — in a small JSON file inside the synced tree, so that a tree sync
-//! carries it. [`connect_plan`] turns it into the commands that sync and
+//! off. [`HandoffStore::save`] records a [`Handoff`] — the working folder
+//! relative to the synced root, the git branch and HEAD there, the tmux
+//! session, the dev servers running under the root (command line, folder,
+//! listening TCP ports read from `/proc`), allow-listed environment
+//! variables, host and time — in a small JSON file inside the synced tree,
+//! so that a tree sync carries it. [`connect_plan`] turns it into the commands that sync and
 //! open `ssh -t HOST` in the same folder and tmux session; [`resume`] tells
 //! the arriving machine where to go and what to restart.
 //!
