@@ -107,7 +107,7 @@ fn sigkill_mid_sync_then_restart_completes_without_losing_a_byte() {
     )
     .unwrap();
     std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let body: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    let body: Vec<u8> = (0..200_000u32).flat_map(u32::to_le_bytes).collect();
     a.write("data.bin", &body);
     a.write("notes.md", "important\n");
     let mut d = spawn_daemon(&a);

@@ -75,13 +75,8 @@ const SYSTEM_PATHS: [&str; 3] = [
 /// The simulated autonomous system: status every second, a timestamp-only
 /// context update every 2 s, a log line every second; all under the
 /// pause gate's writer guard.
-fn autonomous(
-    ws: PathBuf,
-    state: PathBuf,
-    stop: Arc<AtomicBool>,
-    writes: Arc<AtomicU64>,
-) -> Result<()> {
-    let gate = PauseGate::new(&state);
+fn autonomous(ws: &Path, state: &Path, stop: &AtomicBool, writes: &AtomicU64) -> Result<()> {
+    let gate = PauseGate::new(state);
     let mut n = 0u64;
     while !stop.load(Ordering::SeqCst) {
         n += 1;
@@ -96,7 +91,7 @@ fn autonomous(
                 "{{\n  \"service\": \"running\",\n  \"tick\": {n},\n  \"timestamp\": \"{now}\"\n}}\n"
             ),
         )?;
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             write(
                 &ws.join(SYSTEM_PATHS[1]),
                 &format!(
@@ -109,7 +104,7 @@ fn autonomous(
         text.push_str(&format!("{now} tick {n}\n"));
         write(&log, &text)?;
         guard.finish()?;
-        writes.fetch_add(if n % 2 == 0 { 3 } else { 2 }, Ordering::SeqCst);
+        writes.fetch_add(if n.is_multiple_of(2) { 3 } else { 2 }, Ordering::SeqCst);
         std::thread::sleep(Duration::from_secs(1));
     }
     Ok(())
@@ -238,7 +233,7 @@ fn demo(ctx: &Ctx, root: &Path) -> Result<u8> {
         let writer = {
             let (ws, state, stop, writes) =
                 (ws.clone(), state.clone(), stop.clone(), writes.clone());
-            std::thread::spawn(move || autonomous(ws, state, stop, writes))
+            std::thread::spawn(move || autonomous(&ws, &state, &stop, &writes))
         };
         // The user's edits.
         let edits: [(u64, &str, &str); 3] = [
