@@ -102,9 +102,9 @@ fn a_running_dev_server_and_its_port_are_recorded() {
     let repo = TestRepo::with_commit();
     let web = repo.path().join("web");
     std::fs::create_dir_all(&web).unwrap();
+    // A real listening process (tests/src/bin/tcp_listener.rs) in web/.
     let mut server = KillOnDrop(
-        Command::new("python3")
-            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
+        Command::new(env!("CARGO_BIN_EXE_tcp_listener"))
             .current_dir(&web)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -112,15 +112,13 @@ fn a_running_dev_server_and_its_port_are_recorded() {
             .spawn()
             .unwrap(),
     );
-    // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
     let mut line = String::new();
     std::io::BufReader::new(server.0.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     let port: u64 = line
-        .split_whitespace()
-        .skip_while(|w| *w != "port")
-        .nth(1)
+        .trim()
+        .strip_prefix("listening on ")
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no port in {line:?}"));
 
@@ -133,14 +131,14 @@ fn a_running_dev_server_and_its_port_are_recorded() {
         .unwrap_or_else(|| panic!("server {} not in {servers:#?}", server.id()));
     assert_eq!(found["folder"], "web");
     assert_eq!(found["ports"], serde_json::json!([port]));
-    assert!(found["command"].as_str().unwrap().contains("http.server"));
+    assert!(found["command"].as_str().unwrap().contains("tcp_listener"));
     let text = wsync_ok(repo.path(), &["handoff", "show"]);
     assert!(text.contains(&format!("ports {port}")), "{text}");
 
     // resume offers the command to restart it, in this machine's tree.
     let resume = wsync_ok(repo.path(), &["handoff", "resume"]);
     assert!(resume.contains("servers to restart"), "{resume}");
-    assert!(resume.contains("http.server"), "{resume}");
+    assert!(resume.contains("tcp_listener"), "{resume}");
 
     // connect prints the servers to restart on the other host, in its tree.
     let plan = wsync_ok(

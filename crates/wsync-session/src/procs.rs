@@ -245,34 +245,37 @@ mod tests {
     }
 
     #[test]
-    fn finds_a_listener_in_this_process_tree() {
-        // A real child process listening on a real port, cwd under the root.
+    fn finds_a_child_running_under_the_root() {
         let root = tempfile::tempdir().unwrap();
         let sub = root.path().join("app");
         std::fs::create_dir(&sub).unwrap();
-        let mut child = std::process::Command::new("python3")
-            .args([
-                "-c",
-                "import socket,sys,time\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen()\nprint(s.getsockname()[1],flush=True)\ntime.sleep(60)",
-            ])
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
             .current_dir(&sub)
-            .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let port: u16 = line.trim().parse().unwrap();
-        let found = scan_processes(root.path(), &ProcScan::default()).unwrap();
+        let found = scan_processes(root.path(), &ProcScan::default());
         let _ = child.kill();
         let _ = child.wait();
+        let found = found.unwrap();
         let server = found.iter().find(|s| s.pid == child.id()).unwrap();
         assert_eq!(server.folder, PathBuf::from("app"));
-        assert_eq!(server.ports, vec![port]);
-        assert!(server.argv[0].ends_with("python3"), "{:?}", server.argv);
-        assert_eq!(server.argv.get(1).map(String::as_str), Some("-c"));
+        assert_eq!(server.argv, ["sleep", "30"]);
+        assert_eq!(server.command, "sleep 30");
+        assert!(server.ports.is_empty());
+        // Nothing else of ours runs there.
+        assert_eq!(found.len(), 1, "{found:?}");
+    }
+
+    #[test]
+    fn finds_the_port_this_process_listens_on() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proc_root = Path::new("/proc");
+        let listening = listening_inodes(proc_root).unwrap();
+        assert!(ports_of(proc_root, std::process::id(), &listening).contains(&port));
+        drop(listener);
+        let listening = listening_inodes(proc_root).unwrap();
+        assert!(!ports_of(proc_root, std::process::id(), &listening).contains(&port));
     }
 }
