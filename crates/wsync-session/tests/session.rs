@@ -155,3 +155,146 @@ proptest! {
         }
     }
 }
+
+/// A private tmux server (its own `TMUX_TMPDIR`), killed on drop.
+struct TmuxServer {
+    tmpdir: PathBuf,
+}
+
+impl TmuxServer {
+    fn command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new("tmux");
+        cmd.env("TMUX_TMPDIR", &self.tmpdir).env("SHELL", "/bin/sh");
+        cmd
+    }
+}
+
+impl Drop for TmuxServer {
+    fn drop(&mut self) {
+        let _ = self.command().arg("kill-server").output();
+    }
+}
+
+/// Runs `script` (a file) under a pseudo-terminal with `util-linux`
+/// `script`, as `ssh -t` would on the host; waits at most 20 s.
+fn run_in_pty(script_file: &Path, tmux: &TmuxServer) -> bool {
+    let mut child = std::process::Command::new("script")
+        .arg("-qec")
+        .arg(format!("/bin/sh {}", script_file.display()))
+        .arg("/dev/null")
+        .env("TMUX_TMPDIR", &tmux.tmpdir)
+        .env("SHELL", "/bin/sh")
+        // ssh -t passes the user's terminal type; tmux needs one.
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let done = wsync_testutils::wait_until(std::time::Duration::from_secs(20), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if !done {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    done
+}
+
+/// The remote command with real tmux in a real pty: without the session it
+/// creates it in the saved folder; with the session it attaches instead.
+#[test]
+fn with_tmux_the_remote_command_creates_then_attaches_the_session() {
+    let has = |program: &str, arg: &str| {
+        std::process::Command::new(program)
+            .arg(arg)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !has("tmux", "-V") || !has("script", "--version") {
+        eprintln!("skipping: tmux or script (util-linux) is not installed");
+        return;
+    }
+    let host = tempfile::tempdir().unwrap();
+    let root = host.path().join("ws");
+    std::fs::create_dir_all(root.join("app")).unwrap();
+    let tmux = TmuxServer {
+        tmpdir: host.path().join("tmux"),
+    };
+    std::fs::create_dir(&tmux.tmpdir).unwrap();
+    // The user's login shell (what a new tmux session runs) records where
+    // it started, then exits, which ends the session and the client.
+    let shell = host.path().join("login-shell");
+    let ran = host.path().join("shell-ran");
+    std::fs::write(
+        &shell,
+        format!("#!/bin/sh\necho \"$PWD\" > {}\n", ran.display()),
+    )
+    .unwrap();
+    assert!(
+        std::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&shell)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let handoff = wsync_session::Handoff {
+        version: 1,
+        root: "/elsewhere/ws".into(),
+        folder: "app".into(),
+        git: None,
+        tmux: TmuxInfo::parse("dev work:2"),
+        servers: Vec::new(),
+        env: BTreeMap::new(),
+        host: "desk".into(),
+        saved_at: chrono::Utc::now(),
+        note: None,
+    };
+    let plan = connect_plan(
+        &handoff,
+        Path::new("/elsewhere/ws"),
+        &ConnectOptions {
+            host: "laptop".into(),
+            remote_root: Some(root.clone()),
+            sync: SyncMode::None,
+            ..ConnectOptions::default()
+        },
+    )
+    .unwrap();
+    let remote_command = plan.steps[0].args.last().unwrap();
+    let script_file = host.path().join("remote.sh");
+    std::fs::write(
+        &script_file,
+        format!(
+            "SHELL={}; export SHELL\n{remote_command}\n",
+            shell.display()
+        ),
+    )
+    .unwrap();
+
+    // No session yet: created, in the folder.
+    assert!(
+        run_in_pty(&script_file, &tmux),
+        "tmux client did not finish"
+    );
+    let started_in = std::fs::read_to_string(&ran).unwrap();
+    assert_eq!(started_in.trim(), root.join("app").to_string_lossy());
+
+    // The session exists (running a short command): attached, not created.
+    std::fs::remove_file(&ran).unwrap();
+    let made = tmux
+        .command()
+        .args(["new-session", "-d", "-s", "dev work", "sleep 1"])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    assert!(
+        run_in_pty(&script_file, &tmux),
+        "tmux client did not finish"
+    );
+    assert!(
+        !ran.exists(),
+        "a new session was created instead of attaching"
+    );
+}
