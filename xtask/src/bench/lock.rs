@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use wsync_lock::{LockOptions, PauseGate, SyncLock, WriterOptions};
@@ -72,11 +73,23 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
         run_ok(tmp.path(), &ctx.wsync, &all)
     };
     let flock = || run_ok(tmp.path(), Path::new("flock"), &["-n", &flock_arg, "true"]);
-    let mut guard = time_n(n_cli, || wsync(&["guard", "--", "true"]))?;
-    let mut peer = time_n(n_cli, flock)?;
-    let mut lock_run = time_n(n_cli, || wsync(&["lock", "run", "--", "true"]))?;
-    // The start-up floor every `wsync` command pays (a large binary).
-    let mut version = time_n(n_cli, || wsync(&["--version"]))?;
+    // Interleaved, one of each per round after a warm-up round, so that
+    // load changes on a shared machine hit wsync and the peer alike.
+    let (mut guard, mut peer, mut lock_run, mut version) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..=n_cli {
+        let g = timed(|| wsync(&["guard", "--", "true"]))?;
+        let p = timed(flock)?;
+        let l = timed(|| wsync(&["lock", "run", "--", "true"]))?;
+        // The start-up floor every `wsync` command pays (a large binary).
+        let v = timed(|| wsync(&["--version"]))?;
+        if round > 0 {
+            guard.push(g);
+            peer.push(p);
+            lock_run.push(l);
+            version.push(v);
+        }
+    }
     let (g, p, l) = (stats(&mut guard), stats(&mut peer), stats(&mut lock_run));
     let v = stats(&mut version);
     rows.push(Row::versus(
@@ -108,6 +121,12 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
         "ms",
     ));
     Ok(rows)
+}
+
+fn timed(f: impl FnOnce() -> Result<()>) -> Result<Duration> {
+    let t = Instant::now();
+    f()?;
+    Ok(t.elapsed())
 }
 
 fn run_ok(dir: &Path, program: &Path, args: &[&str]) -> Result<()> {
