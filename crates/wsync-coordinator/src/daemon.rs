@@ -131,6 +131,32 @@ pub fn status(state_dir: &Path) -> Result<DaemonStatus> {
     Ok(DaemonStatus { running, record })
 }
 
+/// Everything about automatic syncing, for `status`: the daemon, the
+/// queue (deferred entries say why and until when), the rate limits and
+/// the circuit breaker.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AutoStatus {
+    /// The daemon.
+    pub daemon: DaemonStatus,
+    /// Queued requests in service order.
+    pub queue: Vec<crate::queue::QueueEntry>,
+    /// Counts and the current refusals.
+    pub ratelimit: crate::ratelimit::RateLimitStatus,
+    /// The circuit breaker.
+    pub circuit: crate::retry::CircuitStatus,
+}
+
+/// Reads [`AutoStatus`] for a state folder and its config.
+pub fn auto_status(state_dir: &Path, config: &crate::Config) -> Result<AutoStatus> {
+    let p = Processor::new(state_dir, config.ratelimit.clone(), config.retry.clone());
+    Ok(AutoStatus {
+        daemon: status(state_dir)?,
+        queue: p.queue().list()?,
+        ratelimit: p.limiter().status()?,
+        circuit: p.breaker().status()?,
+    })
+}
+
 /// Wakes the daemon of `state_dir`, if one listens. Best effort: returns
 /// whether a datagram was delivered.
 pub fn wake(state_dir: &Path) -> bool {

@@ -534,12 +534,7 @@ impl Queue {
     /// kept as `queue.json.corrupt-<timestamp>` and the queue starts empty;
     /// returns the kept copy's path. The daemon calls this at start-up.
     pub fn recover(&self) -> Result<Option<PathBuf>> {
-        let _lock = store::FileLock::acquire(&self.lock_path)?;
-        match self.load() {
-            Ok(_) => Ok(None),
-            Err(Error::CorruptState { .. }) => store::quarantine(&self.path, self.clock.now()),
-            Err(e) => Err(e),
-        }
+        store::recover::<QueueFile>(&self.path, &self.lock_path, self.clock.now())
     }
 
     /// Every finished entry, oldest first. A bad line is an error naming

@@ -31,7 +31,6 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
 use crate::queue::Result;
 use crate::queue::store;
 use crate::queue::{SharedClock, system_clock};
@@ -146,6 +145,38 @@ pub struct RateLimitStatus {
     pub commit_refusal: Option<Refusal>,
 }
 
+/// A rolling-window limit: refused when `max` or more of `times` fall in
+/// the last `span`; it lifts when enough of them have aged out.
+fn window_refusal(
+    times: &[DateTime<Utc>],
+    now: DateTime<Utc>,
+    span: Duration,
+    max: u32,
+    limit: Limit,
+) -> Option<Refusal> {
+    let mut recent: Vec<DateTime<Utc>> =
+        times.iter().filter(|t| **t > now - span).copied().collect();
+    let max = max as usize;
+    if recent.len() < max {
+        return None;
+    }
+    recent.sort_unstable();
+    let until = recent.get(recent.len() - max).copied().unwrap_or(now) + span;
+    let (what, per) = match limit {
+        Limit::SyncsPerHour => ("syncs", "hour"),
+        Limit::CommitsPerHour => ("commits", "hour"),
+        _ => ("automatic commits", "day"),
+    };
+    Some(Refusal {
+        limit,
+        until,
+        why: format!(
+            "rate limit: {} {what} in the last {per} (max {max})",
+            recent.len()
+        ),
+    })
+}
+
 /// The limiter of one state folder.
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
@@ -201,24 +232,14 @@ impl RateLimiter {
         if !c.enabled {
             return None;
         }
-        let hour = Duration::hours(1);
-        let recent: Vec<_> = st
-            .syncs
-            .iter()
-            .filter(|t| **t > now - hour)
-            .copied()
-            .collect();
-        if recent.len() >= c.syncs_per_hour as usize {
-            let oldest = recent.iter().min().copied().unwrap_or(now);
-            return Some(Refusal {
-                limit: Limit::SyncsPerHour,
-                until: oldest + hour,
-                why: format!(
-                    "rate limit: {} syncs in the last hour (max {})",
-                    recent.len(),
-                    c.syncs_per_hour
-                ),
-            });
+        if let Some(r) = window_refusal(
+            &st.syncs,
+            now,
+            Duration::hours(1),
+            c.syncs_per_hour,
+            Limit::SyncsPerHour,
+        ) {
+            return Some(r);
         }
         if self.tokens(st, now) < 1.0 {
             let last = st.syncs.iter().max().copied().unwrap_or(now);
@@ -242,47 +263,25 @@ impl RateLimiter {
         if !c.enabled {
             return None;
         }
-        let hour = Duration::hours(1);
-        let recent: Vec<_> = st
-            .commits
-            .iter()
-            .filter(|t| **t > now - hour)
-            .copied()
-            .collect();
-        if recent.len() >= c.commits_per_hour as usize {
-            let oldest = recent.iter().min().copied().unwrap_or(now);
-            return Some(Refusal {
-                limit: Limit::CommitsPerHour,
-                until: oldest + hour,
-                why: format!(
-                    "rate limit: {} commits in the last hour (max {})",
-                    recent.len(),
-                    c.commits_per_hour
-                ),
-            });
-        }
-        if auto {
-            let day = Duration::days(1);
-            let recent: Vec<_> = st
-                .auto_commits
-                .iter()
-                .filter(|t| **t > now - day)
-                .copied()
-                .collect();
-            if recent.len() >= c.auto_commits_per_day as usize {
-                let oldest = recent.iter().min().copied().unwrap_or(now);
-                return Some(Refusal {
-                    limit: Limit::AutoCommitsPerDay,
-                    until: oldest + day,
-                    why: format!(
-                        "rate limit: {} automatic commits in the last day (max {})",
-                        recent.len(),
-                        c.auto_commits_per_day
-                    ),
-                });
-            }
-        }
-        None
+        window_refusal(
+            &st.commits,
+            now,
+            Duration::hours(1),
+            c.commits_per_hour,
+            Limit::CommitsPerHour,
+        )
+        .or_else(|| {
+            auto.then(|| {
+                window_refusal(
+                    &st.auto_commits,
+                    now,
+                    Duration::days(1),
+                    c.auto_commits_per_day,
+                    Limit::AutoCommitsPerDay,
+                )
+            })
+            .flatten()
+        })
     }
 
     /// Why a sync may not start now (`None`: it may). `critical`
@@ -366,12 +365,7 @@ impl RateLimiter {
     /// Keeps a corrupt state file as `ratelimit.json.corrupt-<ts>` and
     /// starts clean; returns the kept copy.
     pub fn recover(&self) -> Result<Option<PathBuf>> {
-        let _lock = store::FileLock::acquire(&self.lock_path)?;
-        match self.load() {
-            Ok(_) => Ok(None),
-            Err(Error::CorruptState { .. }) => store::quarantine(&self.path, self.clock.now()),
-            Err(e) => Err(e),
-        }
+        store::recover::<State>(&self.path, &self.lock_path, self.clock.now())
     }
 }
 

@@ -36,7 +36,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
 use crate::queue::Result;
 use crate::queue::store;
 use crate::queue::{SharedClock, system_clock};
@@ -221,12 +220,7 @@ impl CircuitBreaker {
     /// Keeps a corrupt state file as `circuit.json.corrupt-<ts>` and starts
     /// closed; returns the kept copy.
     pub fn recover(&self) -> Result<Option<PathBuf>> {
-        let _lock = store::FileLock::acquire(&self.lock_path)?;
-        match self.status() {
-            Ok(_) => Ok(None),
-            Err(Error::CorruptState { .. }) => store::quarantine(&self.path, self.clock.now()),
-            Err(e) => Err(e),
-        }
+        store::recover::<CircuitStatus>(&self.path, &self.lock_path, self.clock.now())
     }
 }
 

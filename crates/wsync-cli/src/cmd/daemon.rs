@@ -420,15 +420,8 @@ fn stop(ctx: &Ctx, timeout: Duration) -> Result<u8> {
 
 fn status(ctx: &Ctx) -> Result<u8> {
     let config = Config::load(&ctx.state_dir)?;
-    let st = daemon::status(&ctx.state_dir)?;
-    let p = Processor::new(
-        &ctx.state_dir,
-        config.ratelimit.clone(),
-        config.retry.clone(),
-    );
-    let queue = p.queue().list()?;
-    let limits = p.limiter().status()?;
-    let circuit = p.breaker().status()?;
+    let auto = daemon::auto_status(&ctx.state_dir, &config)?;
+    let (st, queue, limits, circuit) = (&auto.daemon, &auto.queue, &auto.ratelimit, &auto.circuit);
     let value = json!({
         "running": st.running,
         "record": st.record,
@@ -462,6 +455,24 @@ fn status(ctx: &Ctx) -> Result<u8> {
             }
         ));
         s.push_str(&format!("queue: {} request(s)\n", queue.len()));
+        for e in queue {
+            let until = e
+                .next_attempt_at
+                .map(|t| format!(" until {}", t.format("%H:%M:%S")))
+                .unwrap_or_default();
+            let why = e
+                .note
+                .as_deref()
+                .map(|n| format!(": {n}"))
+                .unwrap_or_default();
+            s.push_str(&format!(
+                "  {} {} {} ({}){until}{why}\n",
+                e.id,
+                e.sync_type,
+                format!("{:?}", e.status).to_lowercase(),
+                e.priority
+            ));
+        }
         s.push_str(&format!(
             "rate limits: {} sync(s) and {} commit(s) in the last hour, {} auto-commit(s) today",
             limits.syncs_last_hour, limits.commits_last_hour, limits.auto_commits_last_day

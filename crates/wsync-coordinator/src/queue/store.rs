@@ -145,6 +145,22 @@ pub(crate) fn quarantine(
     Ok(Some(target))
 }
 
+/// Under the lock at `lock_path`: when the JSON state file `path` does not
+/// parse as `T`, keeps it as `<name>.corrupt-<ts>` (returned) so the owner
+/// starts clean.
+pub(crate) fn recover<T: DeserializeOwned>(
+    path: &Path,
+    lock_path: &Path,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<PathBuf>> {
+    let _lock = FileLock::acquire(lock_path)?;
+    match read_json::<T>(path) {
+        Ok(_) => Ok(None),
+        Err(Error::CorruptState { .. }) => quarantine(path, now),
+        Err(e) => Err(e),
+    }
+}
+
 /// Appends one JSON line to `path` (created if missing) and fsyncs it.
 pub(crate) fn append_jsonl<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let mut line = serde_json::to_vec(value).map_err(|e| io_err(path, std::io::Error::other(e)))?;
