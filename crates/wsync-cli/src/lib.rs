@@ -102,6 +102,8 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Classify changes as user or system (explain, test rules, watch live).
+    Filter(cmd::filter::FilterArgs),
     /// Carry a working session to another machine (save, show, connect, resume).
     Handoff(cmd::handoff::HandoffArgs),
     /// Find projects and launch them with their saved command.
@@ -215,6 +217,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
         Command::Conflicts(args) => cmd::conflicts::run(&ctx()?, args),
         Command::Config(args) => cmd::config::run(&ctx()?, args),
         Command::EmergencyStop(args) => cmd::emergency::run(&ctx()?, args),
+        Command::Filter(args) => cmd::filter::run(&ctx()?, args),
         Command::Handoff(args) => cmd::handoff::run(&ctx()?, args),
         Command::Projects(args) => cmd::projects::run(&ctx()?, args),
         Command::Remote(args) => cmd::remote::run(&ctx()?, args),

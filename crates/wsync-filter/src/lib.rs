@@ -51,7 +51,9 @@ pub use process::{Clock, DEFAULT_SYSTEM_PROCESS_PATTERNS, SystemClock, WriterWin
 pub use rules::{Action, Rule, RuleSet, default_rules_text};
 
 /// Errors building a [`Filter`]. Classification itself never fails: missing
-/// information degrades to "unknown" and the next layer decides.
+/// information degrades to "unknown" and the next layer decides. The
+/// underlying error is the [`source`](std::error::Error::source) (printed by
+/// `{:#}` with anyhow), not repeated in the message.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -66,7 +68,7 @@ pub enum Error {
         message: String,
     },
     /// A rule's regex does not compile.
-    #[error("{file}:{line}: invalid regex {regex:?}: {source}", file = .file.display())]
+    #[error("{file}:{line}: invalid regex {regex:?}", file = .file.display())]
     RuleRegex {
         /// The rules file.
         file: PathBuf,
@@ -78,7 +80,7 @@ pub enum Error {
         source: regex::Error,
     },
     /// An exclude pattern (config or `.gitignore`) is invalid.
-    #[error("invalid exclude pattern {pattern:?}: {source}")]
+    #[error("invalid exclude pattern {pattern:?}")]
     Exclude {
         /// The pattern, or the file it came from.
         pattern: String,
@@ -86,7 +88,7 @@ pub enum Error {
         source: ignore::Error,
     },
     /// A volatile-key pattern is not a valid glob.
-    #[error("invalid volatile key pattern {pattern:?}: {source}")]
+    #[error("invalid volatile key pattern {pattern:?}")]
     VolatileKey {
         /// The pattern.
         pattern: String,
@@ -94,7 +96,7 @@ pub enum Error {
         source: globset::Error,
     },
     /// A system-process pattern is not a valid regex.
-    #[error("invalid system process pattern {pattern:?}: {source}")]
+    #[error("invalid system process pattern {pattern:?}")]
     ProcessPattern {
         /// The pattern.
         pattern: String,
@@ -102,7 +104,7 @@ pub enum Error {
         source: regex::Error,
     },
     /// A file could not be read.
-    #[error("cannot read {path}: {source}", path = .path.display())]
+    #[error("cannot read {path}", path = .path.display())]
     Io {
         /// The file.
         path: PathBuf,

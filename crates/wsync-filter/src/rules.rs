@@ -186,7 +186,11 @@ impl RuleSet {
                 });
             }
             // Compile each one alone first so the error names its line.
-            if let Err(source) = regex::Regex::new(&anchored(regex)) {
+            // Compile the regex as written first so the error shows it
+            // without our anchoring.
+            if let Err(source) =
+                regex::Regex::new(regex).and_then(|_| regex::Regex::new(&anchored(regex)))
+            {
                 return Err(Error::RuleRegex {
                     file: PathBuf::from(origin),
                     line: line_no,

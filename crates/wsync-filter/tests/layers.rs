@@ -152,6 +152,12 @@ fn bad_rules_files_name_file_and_line() {
         assert!(msg.contains(&expect), "{msg} should name {expect}");
         assert!(msg.contains(what), "{msg} should say {what}");
     }
+    // The regex error itself is the source.
+    std::fs::write(state.join("rules.conf"), "BLOCK:(unclosed:bad\n").unwrap();
+    let err = Filter::new(dir.path(), &state, &FilterConfig::default()).unwrap_err();
+    let source = std::error::Error::source(&err).unwrap().to_string();
+    assert!(source.contains("unclosed group"), "{source}");
+    assert!(!source.contains("^(?:"), "shows the regex as written: {source}");
     // An explicit file that does not exist is an error, not the built-ins.
     let config = FilterConfig {
         rules_file: Some(dir.path().join("nope.conf")),

@@ -6,6 +6,7 @@ pub mod conflicts;
 pub mod daemon;
 pub mod demo;
 pub mod emergency;
+pub mod filter;
 pub mod guard;
 pub mod handoff;
 pub mod health;
