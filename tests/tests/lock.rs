@@ -116,6 +116,7 @@ fn sigkilled_holder_frees_the_lock_and_leaves_a_stale_record() {
             assert_eq!(status["record"]["pid"], holder.id());
             let why = status["why"].as_str().unwrap();
             assert!(why.contains("no longer running"), "{why}");
+            assert_eq!(status["cleared"], true);
             assert_eq!(json(dir, &["lock", "status"])["state"], "free");
             // Free at once, without waiting.
             wsync_ok(dir, &["lock", "run", "--", "true"]);

@@ -75,6 +75,8 @@ fn status(ctx: &Ctx) -> Result<u8> {
     let status = lock.status()?;
     let path = lock.path().display().to_string();
     let now = Utc::now();
+    // Clearing needs write access; a read-only look leaves the record.
+    let cleared = std::fs::metadata(lock.path()).is_ok_and(|m| m.len() == 0);
     let value = match &status {
         LockStatus::Free => json!({ "path": path, "state": "free" }),
         LockStatus::Held(r) => json!({
@@ -82,7 +84,7 @@ fn status(ctx: &Ctx) -> Result<u8> {
             "held_secs": r.held_for(now).as_secs(), "overdue": r.is_overdue_at(now),
         }),
         LockStatus::Stale { record, why } => json!({
-            "path": path, "state": "stale", "record": record, "why": why, "cleared": true,
+            "path": path, "state": "stale", "record": record, "why": why, "cleared": cleared,
         }),
     };
     ctx.emit(&value, || match &status {
@@ -106,7 +108,12 @@ fn status(ctx: &Ctx) -> Result<u8> {
             let who = record.as_ref().map_or_else(String::new, |r| {
                 format!(" (pid {} on {}, {}: {})", r.pid, r.host, r.caller, r.reason)
             });
-            format!("sync lock: free; cleared a stale record{who}: {why}")
+            let done = if cleared {
+                "cleared"
+            } else {
+                "found (read-only)"
+            };
+            format!("sync lock: free; {done} a stale record{who}: {why}")
         }
     })?;
     Ok(exit::SUCCESS)
