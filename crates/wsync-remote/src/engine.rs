@@ -337,6 +337,7 @@ struct Tree {
 #[derive(Debug)]
 pub struct Session {
     local: Root,
+    local_fsync: bool,
     conn: Conn,
     pair: String,
     local_host: String,
@@ -368,6 +369,7 @@ impl Session {
         let pair = h.finalize().to_hex()[..32].to_owned();
         Self {
             local: Root::new(local, true),
+            local_fsync: true,
             conn,
             pair,
             local_host: gethostname::gethostname().to_string_lossy().into_owned(),
@@ -377,6 +379,7 @@ impl Session {
     /// Turns fsync off for local writes (throwaway data only).
     pub fn set_fsync(&mut self, fsync: bool) {
         self.local = Root::new(self.local.path(), fsync);
+        self.local_fsync = fsync;
     }
 
     /// The connection.
@@ -681,7 +684,7 @@ impl Session {
         // Same-size files changed on both sides: equal content is no conflict.
         if !compare.is_empty() {
             let remote_hashes =
-                self.remote_hashes(compare.iter().map(|c| c.0.clone()).collect())?;
+                self.remote_hashes(&compare.iter().map(|c| c.0.clone()).collect::<Vec<_>>())?;
             for ((p, l, r), rh) in compare.iter().zip(remote_hashes) {
                 let lh = self.local.hash(p);
                 match (lh, rh) {
@@ -809,7 +812,7 @@ impl Session {
         ]
     }
 
-    fn remote_hashes(&self, paths: Vec<Vec<u8>>) -> Result<Vec<Result<Hash, Error>>, Error> {
+    fn remote_hashes(&self, paths: &[Vec<u8>]) -> Result<Vec<Result<Hash, Error>>, Error> {
         let mut out = Vec::with_capacity(paths.len());
         for chunk in paths.chunks(WINDOW * 4) {
             for p in chunk {
@@ -1062,7 +1065,7 @@ impl Session {
         items: &[FileCopy],
         opts: &SyncOptions,
         report: &mut Report,
-    ) -> Result<Vec<Result<(Meta, Meta), Error>>, Error> {
+    ) -> Result<FileResults, Error> {
         enum Pending {
             Sigs(usize),
             Put(usize, bool),
@@ -1119,18 +1122,25 @@ impl Session {
             Ok(())
         };
 
-        let indices: Vec<usize> = (0..n).collect();
-        for chunk in indices.chunks(WINDOW) {
-            for &i in chunk {
-                let it = &items[i];
-                if it.src.size >= DELTA_MIN
-                    && it
-                        .dest
-                        .as_ref()
-                        .is_some_and(|d| d.kind == Kind::File && d.size >= DELTA_MIN)
-                {
+        // Files the receiver has a copy of go as deltas, a window at a
+        // time (signatures first); all others stream whole, back to back.
+        let (delta, whole): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| {
+            let it = &items[i];
+            it.src.size >= DELTA_MIN
+                && it
+                    .dest
+                    .as_ref()
+                    .is_some_and(|d| d.kind == Kind::File && d.size >= DELTA_MIN)
+        });
+        let groups = delta
+            .chunks(WINDOW)
+            .map(|c| (true, c))
+            .chain(whole.chunks(WINDOW).map(|c| (false, c)));
+        for (want_sigs, chunk) in groups {
+            if want_sigs {
+                for &i in chunk {
                     self.conn.send(&Request::Sigs {
-                        path: it.path.clone(),
+                        path: items[i].path.clone(),
                     })?;
                     pending.push_back(Pending::Sigs(i));
                 }
@@ -1162,6 +1172,7 @@ impl Session {
                 }
             }
         }
+        self.conn.send(&Request::Commit)?;
         while !pending.is_empty() {
             handle(
                 self,
@@ -1185,6 +1196,7 @@ impl Session {
             )?;
             pending.push_back(Pending::Put(i, false));
         }
+        self.conn.send(&Request::Commit)?;
         while !pending.is_empty() {
             handle(
                 self,
@@ -1282,58 +1294,101 @@ impl Session {
         items: &[FileCopy],
         opts: &SyncOptions,
         report: &mut Report,
-    ) -> Result<Vec<Result<(Meta, Meta), Error>>, Error> {
-        let mut results: Vec<Result<(Meta, Meta), Error>> = Vec::with_capacity(items.len());
+    ) -> Result<FileResults, Error> {
+        let mut results: Vec<Option<Result<(Meta, Meta), Error>>> =
+            items.iter().map(|_| None).collect();
+        let mut staged: Vec<(usize, crate::fsops::Sealed, Meta)> = Vec::new();
+        let mut staged_bytes = 0u64;
+        let fsync = self.local_fsync;
+        let commit = |staged: &mut Vec<(usize, crate::fsops::Sealed, Meta)>,
+                      results: &mut Vec<Option<Result<(Meta, Meta), Error>>>| {
+            let (idx, rest): (Vec<usize>, Vec<(crate::fsops::Sealed, Meta)>) =
+                std::mem::take(staged)
+                    .into_iter()
+                    .map(|(i, s, m)| (i, (s, m)))
+                    .unzip();
+            let (sealed, metas): (Vec<_>, Vec<_>) = rest.into_iter().unzip();
+            for ((i, r), m) in idx
+                .into_iter()
+                .zip(crate::fsops::commit(sealed, fsync))
+                .zip(metas)
+            {
+                results[i] = Some(r.map(|l| (l, m)));
+            }
+        };
         let mut retry = Vec::new();
-        for chunk in items.chunks(WINDOW) {
-            let mut block_sizes = Vec::with_capacity(chunk.len());
-            for it in chunk {
-                let sig = match &it.dest {
-                    Some(d)
-                        if d.kind == Kind::File
-                            && d.size >= DELTA_MIN
-                            && it.src.size >= DELTA_MIN =>
-                    {
-                        match self.local.signature(&it.path) {
-                            Ok((s, m)) if same(&m, d) => s,
-                            _ => Signature::default(),
+        let mut first_pass = true;
+        let all: Vec<usize> = (0..items.len()).collect();
+        let mut todo = all;
+        loop {
+            for chunk in todo.chunks(WINDOW) {
+                let mut block_sizes = Vec::with_capacity(chunk.len());
+                for &i in chunk {
+                    let it = &items[i];
+                    let sig = match &it.dest {
+                        Some(d)
+                            if first_pass
+                                && d.kind == Kind::File
+                                && d.size >= DELTA_MIN
+                                && it.src.size >= DELTA_MIN =>
+                        {
+                            match self.local.signature(&it.path) {
+                                Ok((s, m)) if same(&m, d) => s,
+                                _ => Signature::default(),
+                            }
                         }
-                    }
-                    _ => Signature::default(),
-                };
-                block_sizes.push(if sig.blocks.is_empty() {
-                    0
-                } else {
-                    sig.block_size
-                });
-                self.conn.send(&Request::Delta {
-                    path: it.path.clone(),
-                    sig,
-                })?;
-            }
-            for (it, bs) in chunk.iter().zip(block_sizes) {
-                let r = self.recv_one(it, bs, report)?;
-                if let Some(p) = &opts.progress {
-                    p(&ProgressEvent::FileDone { bytes: it.src.size });
+                        _ => Signature::default(),
+                    };
+                    block_sizes.push(if sig.blocks.is_empty() {
+                        0
+                    } else {
+                        sig.block_size
+                    });
+                    self.conn.send(&Request::Delta {
+                        path: it.path.clone(),
+                        sig,
+                    })?;
                 }
-                match r {
-                    Err(e) if crate::fsops::is_hash_mismatch(&e) => {
-                        retry.push(results.len());
-                        results.push(Err(e));
+                for (&i, bs) in chunk.iter().zip(block_sizes) {
+                    let it = &items[i];
+                    let r = self.recv_one(it, bs, report)?;
+                    if let Some(p) = &opts.progress {
+                        p(&ProgressEvent::FileDone { bytes: it.src.size });
                     }
-                    r => results.push(r),
+                    match r {
+                        Ok((sealed, meta)) => {
+                            staged_bytes += sealed.size();
+                            staged.push((i, sealed, meta));
+                            if staged.len() >= 1000 || staged_bytes >= 128 * 1024 * 1024 {
+                                commit(&mut staged, &mut results);
+                                staged_bytes = 0;
+                            }
+                        }
+                        Err(e) if first_pass && crate::fsops::is_hash_mismatch(&e) => {
+                            retry.push(i);
+                        }
+                        Err(e) => results[i] = Some(Err(e)),
+                    }
                 }
             }
+            if retry.is_empty() || !first_pass {
+                break;
+            }
+            first_pass = false;
+            todo = std::mem::take(&mut retry);
         }
-        for i in retry {
-            let it = &items[i];
-            self.conn.send(&Request::Delta {
-                path: it.path.clone(),
-                sig: Signature::default(),
-            })?;
-            results[i] = self.recv_one(it, 0, report)?;
-        }
-        Ok(results)
+        commit(&mut staged, &mut results);
+        Ok(results
+            .into_iter()
+            .zip(items)
+            .map(|(r, it)| {
+                r.unwrap_or_else(|| {
+                    Err(Error::Changed {
+                        path: show(&it.path),
+                    })
+                })
+            })
+            .collect())
     }
 
     /// Receives one streamed delta into a local temp file. The outer error
@@ -1343,7 +1398,7 @@ impl Session {
         it: &FileCopy,
         bs: u32,
         report: &mut Report,
-    ) -> Result<Result<(Meta, Meta), Error>, Error> {
+    ) -> Result<Result<(crate::fsops::Sealed, Meta), Error>, Error> {
         let mut put =
             self.local
                 .begin_put(&it.path, it.dest.clone(), bs, it.src.exec, it.src.mtime_ns);
@@ -1370,10 +1425,10 @@ impl Session {
                         }));
                     }
                     let (written, copied) = p.counts();
-                    return Ok(p.finish(&hash).map(|m| {
+                    return Ok(p.seal(&hash).map(|sealed| {
                         report.literal_bytes += written - copied;
                         report.matched_bytes += copied;
-                        (m, meta)
+                        (sealed, meta)
                     }));
                 }
                 r @ Response::Err { .. } => return Ok(Err(self.conn.peer_error(r))),
@@ -1382,6 +1437,9 @@ impl Session {
         }
     }
 }
+
+/// Per-file results: (local meta, remote meta) or the error.
+type FileResults = Vec<Result<(Meta, Meta), Error>>;
 
 #[derive(Debug, Clone)]
 struct FileCopy {

@@ -271,25 +271,52 @@ impl Put {
 
     /// Verifies the hash, sets exec bit and mtime, fsyncs, re-checks the
     /// destination and renames into place. Returns the new meta.
-    pub fn finish(mut self, hash: &Hash) -> Result<Meta, Error> {
+    pub fn finish(self, hash: &Hash) -> Result<Meta, Error> {
+        let sealed = self.seal(hash)?;
+        let fsync = sealed.fsync;
+        commit(vec![sealed], fsync).pop().unwrap_or_else(|| {
+            Err(Error::Protocol {
+                peer: String::new(),
+                what: "empty commit".into(),
+            })
+        })
+    }
+
+    /// Verifies the hash and sets exec bit and mtime on the temp file; the
+    /// file reaches its final path with [`commit`].
+    pub fn seal(mut self, hash: &Hash) -> Result<Sealed, Error> {
         let Some(ap) = self.applier.take() else {
             return Err(Error::Protocol {
                 peer: String::new(),
                 what: "put finished twice".into(),
             });
         };
-        let result = self.finish_inner(ap, hash);
-        if result.is_err() {
-            let _ = fs::remove_file(&self.tmp);
+        let size = ap.written();
+        match self.seal_inner(ap, hash) {
+            Ok(file) => {
+                drop(file);
+                Ok(Sealed {
+                    pending: true,
+                    size,
+                    final_path: self.final_path.clone(),
+                    tmp: self.tmp.clone(),
+                    rel: std::mem::take(&mut self.rel),
+                    expect: self.expect.take(),
+                    fsync: self.fsync,
+                })
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&self.tmp);
+                Err(e)
+            }
         }
-        result
     }
 
-    fn finish_inner(
+    fn seal_inner(
         &self,
         ap: Applier<FileBase, BufWriter<File>>,
         hash: &Hash,
-    ) -> Result<Meta, Error> {
+    ) -> Result<File, Error> {
         let out = ap.finish(hash).map_err(|source| Error::Delta {
             path: show(&self.rel),
             source,
@@ -308,19 +335,137 @@ impl Put {
             .map_err(io_err(&self.tmp))?;
         file.set_modified(system_time(self.mtime_ns))
             .map_err(io_err(&self.tmp))?;
-        if self.fsync {
-            file.sync_all().map_err(io_err(&self.tmp))?;
-        }
-        drop(file);
-        check_expect(&self.final_path, &self.rel, self.expect.as_ref())?;
-        fs::rename(&self.tmp, &self.final_path).map_err(io_err(&self.final_path))?;
-        if self.fsync {
-            sync_parent(&self.final_path)?;
-        }
-        lstat(&self.final_path)?.ok_or_else(|| Error::Changed {
-            path: show(&self.rel),
-        })
+        Ok(file)
     }
+}
+
+/// A complete, verified temp file waiting to be renamed into place.
+#[derive(Debug)]
+pub struct Sealed {
+    pending: bool,
+    size: u64,
+    final_path: PathBuf,
+    tmp: PathBuf,
+    rel: Vec<u8>,
+    expect: Option<Meta>,
+    fsync: bool,
+}
+
+impl Sealed {
+    /// The root-relative path.
+    #[must_use]
+    pub fn rel(&self) -> &[u8] {
+        &self.rel
+    }
+
+    /// Size of the new content.
+    #[must_use]
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Drop for Sealed {
+    fn drop(&mut self) {
+        if self.pending {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Above this many files a batch is made durable with one `syncfs`
+/// instead of one `fsync` per file.
+const SYNCFS_MIN: usize = 4;
+
+/// Makes sealed files durable and renames them into place, in order:
+/// data is flushed (per-file fsync, or one `syncfs` for a larger batch)
+/// before any rename, each destination is re-checked right before its
+/// rename, and the folders are flushed after. One result per file.
+pub fn commit(mut batch: Vec<Sealed>, fsync: bool) -> Vec<Result<Meta, Error>> {
+    let mut errs: Vec<Option<Error>> = batch.iter().map(|_| None).collect();
+    if fsync {
+        if batch.len() >= SYNCFS_MIN {
+            let synced = batch.first().map(|s| {
+                File::open(&s.tmp).and_then(|f| nix::unistd::syncfs(&f).map_err(io::Error::from))
+            });
+            if let Some(Err(e)) = synced {
+                for (i, s) in batch.iter().enumerate() {
+                    errs[i] = Some(Error::Io {
+                        path: s.tmp.clone(),
+                        source: io::Error::new(e.kind(), e.to_string()),
+                    });
+                }
+            }
+        } else {
+            for (i, s) in batch.iter().enumerate() {
+                if let Err(e) = File::open(&s.tmp).and_then(|f| f.sync_all()) {
+                    errs[i] = Some(Error::Io {
+                        path: s.tmp.clone(),
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(batch.len());
+    let mut parents: Vec<PathBuf> = Vec::new();
+    for (s, err) in batch.iter_mut().zip(errs) {
+        s.pending = false;
+        let r = match err {
+            Some(e) => Err(e),
+            None => check_expect(&s.final_path, &s.rel, s.expect.as_ref())
+                .and_then(|()| fs::rename(&s.tmp, &s.final_path).map_err(io_err(&s.final_path))),
+        };
+        match r {
+            Ok(()) => {
+                if let Some(p) = s.final_path.parent()
+                    && !parents.iter().any(|q| q == p)
+                {
+                    parents.push(p.to_path_buf());
+                }
+                out.push(Ok(()));
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&s.tmp);
+                out.push(Err(e));
+            }
+        }
+    }
+    if fsync {
+        let dir_sync = if parents.len() >= SYNCFS_MIN {
+            parents
+                .first()
+                .map(|p| {
+                    File::open(p)
+                        .and_then(|d| nix::unistd::syncfs(&d).map_err(io::Error::from))
+                        .map_err(io_err(p))
+                })
+                .unwrap_or(Ok(()))
+        } else {
+            parents
+                .iter()
+                .try_for_each(|p| File::open(p).and_then(|d| d.sync_all()).map_err(io_err(p)))
+        };
+        if let Err(e) = dir_sync {
+            let msg = e.to_string();
+            for r in &mut out {
+                if r.is_ok() {
+                    *r = Err(Error::Io {
+                        path: PathBuf::from("(folder flush)"),
+                        source: io::Error::other(msg.clone()),
+                    });
+                }
+            }
+        }
+    }
+    out.into_iter()
+        .zip(&batch)
+        .map(|(r, s)| {
+            r.and_then(|()| {
+                lstat(&s.final_path)?.ok_or_else(|| Error::Changed { path: show(&s.rel) })
+            })
+        })
+        .collect()
 }
 
 fn lstat(path: &Path) -> Result<Option<Meta>, Error> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::Error;
 use crate::delta::Op;
-use crate::fsops::{Excludes, Put, Root, STATE_DIR, TMP_PREFIX};
+use crate::fsops::{self, Excludes, Put, Root, STATE_DIR, Sealed, TMP_PREFIX};
 use crate::wire::{self, ErrorKind, FrameError, Preamble, Request, Response};
 
 /// How `serve` behaves.
@@ -34,6 +34,48 @@ impl Default for ServeOptions {
 const OPS_BATCH_BYTES: usize = 1024 * 1024;
 const OPS_BATCH_COUNT: usize = 4096;
 const SCAN_CHUNK: usize = 2000;
+/// Pending puts are committed at the latest at this count or size.
+const COMMIT_FILES: usize = 1000;
+const COMMIT_BYTES: u64 = 128 * 1024 * 1024;
+
+type Pending = Vec<(Vec<u8>, Result<Sealed, Error>)>;
+
+/// Commits pending puts and answers them in order.
+fn commit_pending<W: Write>(pending: &mut Pending, out: &mut W, fsync: bool) -> Result<(), Error> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let items = std::mem::take(pending);
+    let mut batch = Vec::new();
+    let mut slots = Vec::with_capacity(items.len());
+    for (rel, r) in items {
+        match r {
+            Ok(sealed) => {
+                slots.push((rel, None));
+                batch.push(sealed);
+            }
+            Err(e) => slots.push((rel, Some(e))),
+        }
+    }
+    let mut results = fsops::commit(batch, fsync).into_iter();
+    for (rel, err) in slots {
+        let resp = match err {
+            Some(e) => err_response(&rel, &e),
+            None => match results.next() {
+                Some(Ok(meta)) => Response::Done(Some(meta)),
+                Some(Err(e)) => err_response(&rel, &e),
+                None => err_response(
+                    &rel,
+                    &Error::Changed {
+                        path: crate::show(&rel),
+                    },
+                ),
+            },
+        };
+        send(out, &resp)?;
+    }
+    Ok(())
+}
 
 /// The error category sent to the peer for a local error.
 #[must_use]
@@ -42,7 +84,7 @@ pub fn error_kind(e: &Error) -> ErrorKind {
         Error::UnsafePath { .. } => ErrorKind::Unsafe,
         Error::Changed { .. } => ErrorKind::Changed,
         Error::NotFound { .. } => ErrorKind::NotFound,
-        e if crate::fsops::is_hash_mismatch(e) => ErrorKind::HashMismatch,
+        e if fsops::is_hash_mismatch(e) => ErrorKind::HashMismatch,
         _ => ErrorKind::Other,
     }
 }
@@ -108,6 +150,8 @@ pub fn serve<R: Read + Send + 'static, W: Write>(
 
     let mut put: Option<Result<Put, Error>> = None;
     let mut put_rel: Vec<u8> = Vec::new();
+    let mut pending: Pending = Vec::new();
+    let mut pending_bytes = 0u64;
     loop {
         if inp.buffer().is_empty() {
             out.flush().map_err(io)?;
@@ -115,12 +159,22 @@ pub fn serve<R: Read + Send + 'static, W: Write>(
         let req: Request = match wire::read_msg(&mut inp) {
             Ok((r, _)) => r,
             Err(FrameError::Closed) => {
+                commit_pending(&mut pending, &mut out, opts.fsync)?;
                 out.flush().map_err(io)?;
                 return Ok(());
             }
             Err(e) => return Err(frame_err(e)),
         };
+        // Answers stay in request order: pending puts are answered first.
+        if !matches!(
+            req,
+            Request::PutBegin { .. } | Request::PutOps(_) | Request::PutEnd { .. }
+        ) {
+            commit_pending(&mut pending, &mut out, opts.fsync)?;
+            pending_bytes = 0;
+        }
         match req {
+            Request::Commit => {}
             Request::Scan {
                 excludes,
                 include_vcs,
@@ -209,18 +263,21 @@ pub fn serve<R: Read + Send + 'static, W: Write>(
             }
             Request::PutEnd { hash } => {
                 let r = match put.take() {
-                    Some(Ok(p)) => p.finish(&hash),
+                    Some(Ok(p)) => p.seal(&hash),
                     Some(Err(e)) => Err(e),
                     None => Err(Error::Protocol {
                         peer: "client".into(),
                         what: "PutEnd without PutBegin".into(),
                     }),
                 };
-                let resp = match r {
-                    Ok(meta) => Response::Done(Some(meta)),
-                    Err(e) => err_response(&put_rel, &e),
-                };
-                send(&mut out, &resp)?;
+                if let Ok(s) = &r {
+                    pending_bytes += s.size();
+                }
+                pending.push((std::mem::take(&mut put_rel), r));
+                if pending.len() >= COMMIT_FILES || pending_bytes >= COMMIT_BYTES {
+                    commit_pending(&mut pending, &mut out, opts.fsync)?;
+                    pending_bytes = 0;
+                }
             }
             Request::Mkdir { path, expect } => {
                 let r = root.mkdir(&path, expect.as_ref());

@@ -113,7 +113,9 @@ pub enum Request {
     },
     /// Ops of the current put.
     PutOps(Vec<Op>),
-    /// End of the current put. Answer: `Done`.
+    /// End of the current put. Answer: `Done`, once committed (after a
+    /// `Commit`, before the answer to any other request, or when many
+    /// puts are pending).
     PutEnd {
         /// BLAKE3 of the complete new content.
         hash: Hash,
@@ -180,6 +182,8 @@ pub enum Request {
     },
     /// Stream change notices until the connection closes (watch mode).
     Watch,
+    /// Make pending puts durable and answer them.
+    Commit,
 }
 
 /// Category of an error answered by the peer.

@@ -58,9 +58,10 @@ impl Client {
             mtime_ns: 0,
         });
         self.send(&Request::PutOps(vec![Op::Literal(b"pwned".to_vec())]));
-        self.call(&Request::PutEnd {
+        self.send(&Request::PutEnd {
             hash: *blake3::hash(b"pwned").as_bytes(),
-        })
+        });
+        self.call(&Request::Commit)
     }
 }
 
@@ -228,6 +229,7 @@ fn hostile_server(entries: Vec<Entry>) -> wsync_remote::conn::Conn {
                         meta: file_meta(),
                     },
                 ],
+                Request::Commit => vec![],
                 _ => vec![Response::Done(None)],
             };
             for m in resp {
