@@ -96,17 +96,7 @@ fn sigkill_mid_sync_then_restart_completes_without_losing_a_byte() {
     let remote = TestRemote::new();
     let a = remote.clone_repo("a");
     wsync_ok(a.path(), &["init"]);
-    let marker = remote.root().join("push-started");
-    let hook = remote.bare().join("hooks/pre-receive");
-    std::fs::write(
-        &hook,
-        format!(
-            "#!/bin/sh\nif [ ! -e '{m}' ]; then touch '{m}'; sleep 4; exit 1; fi\nexit 0\n",
-            m = marker.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let marker = slow_first_push(&remote);
     let body: Vec<u8> = (0..200_000u32).flat_map(u32::to_le_bytes).collect();
     a.write("data.bin", &body);
     a.write("notes.md", "important\n");
@@ -143,6 +133,59 @@ fn sigkill_mid_sync_then_restart_completes_without_losing_a_byte() {
     assert_eq!(b.read("notes.md"), "important\n");
     assert_eq!(a.read_bytes("data.bin"), body);
     assert_eq!(json(&a, &["lock", "status"])["state"], "free");
+}
+
+fn slow_first_push(remote: &TestRemote) -> std::path::PathBuf {
+    let marker = remote.root().join("push-started");
+    let hook = remote.bare().join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nif [ ! -e '{m}' ]; then touch '{m}'; sleep 3; exit 1; fi\nexit 0\n",
+            m = marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    marker
+}
+
+/// SIGTERM while a sync pushes: the sync is rolled back (nothing half
+/// done), the daemon exits 0, the request stays queued uncounted, and the
+/// next daemon completes it.
+#[test]
+fn sigterm_mid_sync_rolls_back_keeps_the_request_and_exits_cleanly() {
+    let remote = TestRemote::new();
+    let a = remote.clone_repo("a");
+    wsync_ok(a.path(), &["init"]);
+    let marker = slow_first_push(&remote);
+    a.write("notes.md", "keep me\n");
+    let head = a.head();
+    let mut d = spawn_daemon(&a);
+    let ticket = wsync_ok(a.path(), &["-q", "request-sync", "manual", "test"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || marker.exists()),
+        "push never started"
+    );
+    nix_kill(d.id(), "-TERM");
+    let status = d.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let q = json(&a, &["queue", "list"]);
+    assert_eq!(q[0]["id"], ticket.trim(), "{q}");
+    assert_eq!(
+        q[0]["attempts"], 0,
+        "an interrupted run does not count: {q}"
+    );
+    assert_eq!(a.head(), head, "the local commit was rolled back");
+    assert_eq!(a.read("notes.md"), "keep me\n");
+    assert_eq!(json(&a, &["lock", "status"])["state"], "free");
+    assert_eq!(remote.subjects().len(), 1);
+    let _d2 = spawn_daemon(&a);
+    assert!(wait_until(Duration::from_secs(30), || remote
+        .subjects()
+        .len()
+        == 2));
+    assert_eq!(remote.clone_repo("b").read("notes.md"), "keep me\n");
 }
 
 #[test]

@@ -344,16 +344,32 @@ impl Daemon {
         let tick = Duration::from_secs(self.opts.config.queue_interval_secs.max(1));
         let health_every = Duration::from_secs(self.opts.config.health_interval_secs.max(1));
         let mut next_health = Instant::now();
+        // Health checks run beside the loop (fsck may take a while) and
+        // wake it when done.
+        let mut health_run: Option<std::thread::JoinHandle<HealthReport>> = None;
         let mut next_schedule = self.opts.schedule.map(|d| Instant::now() + d);
         while !self.stop.is_stopped() {
+            if health_run
+                .as_ref()
+                .is_some_and(std::thread::JoinHandle::is_finished)
+                && let Some(Ok(report)) = health_run.take().map(std::thread::JoinHandle::join)
+            {
+                on_event(DaemonEvent::Health(report));
+            }
             if let Some(h) = &self.opts.health
+                && health_run.is_none()
                 && Instant::now() >= next_health
             {
-                on_event(DaemonEvent::Health(crate::health::check(
-                    &self.opts.workspace,
-                    &self.opts.state_dir,
-                    h,
-                )));
+                let (ws, state, h) = (
+                    self.opts.workspace.clone(),
+                    self.opts.state_dir.clone(),
+                    h.clone(),
+                );
+                health_run = Some(std::thread::spawn(move || {
+                    let report = crate::health::check(&ws, &state, &h);
+                    wake(&state);
+                    report
+                }));
                 next_health = Instant::now() + health_every;
             }
             if let (Some(at), Some(every)) = (next_schedule, self.opts.schedule)
@@ -394,6 +410,9 @@ impl Daemon {
                 }
             }
             self.sleep(wait.max(Duration::from_millis(50)));
+        }
+        if let Some(Ok(report)) = health_run.map(std::thread::JoinHandle::join) {
+            on_event(DaemonEvent::Health(report));
         }
         on_event(DaemonEvent::Stopped);
         Ok(())

@@ -69,3 +69,51 @@ fn a_request_is_synced_by_the_daemon_and_stop_ends_it() {
     assert!(matches!(events.last(), Some(DaemonEvent::Stopped)));
     assert!(!daemon::status(&state).unwrap().running);
 }
+
+#[test]
+fn the_scheduler_enqueues_scheduled_syncs() {
+    let remote = TestRemote::new();
+    let a = remote.clone_repo("a");
+    let state = a.path().join(".wsync");
+    std::fs::create_dir_all(&state).unwrap();
+    let opts = DaemonOptions {
+        workspace: a.path().to_path_buf(),
+        state_dir: state.clone(),
+        config: DaemonConfig::default(),
+        schedule: Some(Duration::from_millis(300)),
+        health: None,
+        exclusive: true,
+    };
+    let processor = Processor::new(&state, RateLimitConfig::default(), RetryConfig::default());
+    let mut d = Daemon::new(opts, processor).unwrap();
+    let stop = d.stop_handle();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ws, st) = (a.path().to_path_buf(), state.clone());
+    let t = std::thread::spawn(move || {
+        // Automatic sync is disabled by default: the engine declines.
+        let mut runner = EngineRunner::new(&ws, &st);
+        d.run(&mut runner, &mut |e| {
+            let _ = tx.send(e);
+        })
+        .unwrap();
+    });
+    let mut scheduled = 0;
+    let mut processed = 0;
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while (scheduled < 2 || processed < 2) && std::time::Instant::now() < end {
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(DaemonEvent::Scheduled { .. }) => scheduled += 1,
+            Ok(DaemonEvent::Processed(p)) if p.sync_type == "scheduled" => {
+                assert_eq!(p.outcome, "skipped", "{p:?}");
+                processed += 1;
+            }
+            _ => {}
+        }
+    }
+    stop.stop();
+    t.join().unwrap();
+    assert!(
+        scheduled >= 2 && processed >= 2,
+        "{scheduled} scheduled, {processed} processed"
+    );
+}
