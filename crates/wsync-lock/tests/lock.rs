@@ -498,3 +498,71 @@ proptest! {
         prop_assert!(serde_json::from_slice::<serde_json::Value>(last).is_ok());
     }
 }
+
+/// Many writers and repeated pauses on separate handles: while an
+/// acknowledged pause lasts, no writer is inside the gate, and every writer
+/// gets in eventually.
+#[test]
+fn acknowledged_pauses_exclude_writers() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+
+    let dir = tempfile::tempdir().unwrap();
+    let inside = Arc::new(AtomicUsize::new(0));
+    let paused = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|i| {
+            let (dir, inside, paused, stop) = (
+                dir.path().to_path_buf(),
+                inside.clone(),
+                paused.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                let gate = PauseGate::new(&dir);
+                let mut entered = 0;
+                // At least once: after the pauses end, everyone gets in.
+                while entered == 0 || !stop.load(SeqCst) {
+                    let w = gate
+                        .writer(&WriterOptions {
+                            name: format!("w{i}"),
+                            max_wait: Duration::from_secs(60),
+                        })
+                        .unwrap();
+                    assert!(!w.pause_exceeded());
+                    inside.fetch_add(1, SeqCst);
+                    assert!(!paused.load(SeqCst), "writer inside an acknowledged pause");
+                    std::thread::sleep(Duration::from_millis(1));
+                    inside.fetch_sub(1, SeqCst);
+                    w.finish().unwrap();
+                    entered += 1;
+                }
+                entered
+            })
+        })
+        .collect();
+    let gate = PauseGate::new(dir.path());
+    for _ in 0..15 {
+        let p = gate
+            .pause(&PauseOptions {
+                ack_timeout: Duration::from_secs(60),
+                ..PauseOptions::default()
+            })
+            .unwrap();
+        assert!(p.acknowledged());
+        paused.store(true, SeqCst);
+        assert_eq!(inside.load(SeqCst), 0);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(inside.load(SeqCst), 0);
+        paused.store(false, SeqCst);
+        p.release().unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, SeqCst);
+    for w in writers {
+        assert!(w.join().unwrap() > 0);
+    }
+    let windows = read_writer_windows(dir.path()).unwrap();
+    assert!(windows.len() >= 4);
+}
