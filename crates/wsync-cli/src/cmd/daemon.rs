@@ -432,63 +432,70 @@ fn status(ctx: &Ctx) -> Result<u8> {
         "circuit": circuit,
     });
     ctx.emit(&value, || {
-        let mut s = match (&st.running, &st.record) {
-            (true, Some(r)) => format!(
-                "daemon: running, pid {} since {}\n",
-                r.pid,
-                r.started_at.format("%Y-%m-%d %H:%M:%S")
-            ),
-            _ => "daemon: not running\n".into(),
-        };
-        s.push_str(&format!(
-            "scheduler: {} every {} min; watch: {}\n",
-            if config.enabled {
-                "enabled"
-            } else {
-                "disabled"
-            },
-            config.interval_minutes,
-            if config.watch.enabled {
-                "enabled"
-            } else {
-                "disabled"
-            }
-        ));
-        s.push_str(&format!("queue: {} request(s)\n", queue.len()));
-        for e in queue {
-            let until = e
-                .next_attempt_at
-                .map(|t| format!(" until {}", t.format("%H:%M:%S")))
-                .unwrap_or_default();
-            let why = e
-                .note
-                .as_deref()
-                .map(|n| format!(": {n}"))
-                .unwrap_or_default();
+        let on = |b: bool| if b { "enabled" } else { "disabled" };
+        let mut s = auto_lines(&auto);
+        if let (true, Some(r)) = (st.running, &st.record) {
             s.push_str(&format!(
-                "  {} {} {} ({}){until}{why}\n",
-                e.id,
-                e.sync_type,
-                format!("{:?}", e.status).to_lowercase(),
-                e.priority
+                "started: {}\n",
+                r.started_at.format("%Y-%m-%d %H:%M:%S UTC")
             ));
         }
         s.push_str(&format!(
-            "rate limits: {} sync(s) and {} commit(s) in the last hour, {} auto-commit(s) today",
-            limits.syncs_last_hour, limits.commits_last_hour, limits.auto_commits_last_day
+            "scheduler: {} every {} min; watch: {}\n",
+            on(config.enabled),
+            config.interval_minutes,
+            on(config.watch.enabled)
         ));
-        if let Some(r) = &limits.sync_refusal {
-            s.push_str(&format!("; next normal sync: {r}"));
-        }
-        s.push('\n');
-        s.push_str(&format!("circuit: {:?}", circuit.state).to_lowercase());
-        if let Some(t) = circuit.retry_at {
-            s.push_str(&format!(" (trial after {})", t.format("%H:%M:%S")));
-        }
-        s.push('\n');
         s
     })?;
     Ok(exit::SUCCESS)
+}
+
+/// The automatic-sync lines of `wsync status`.
+pub fn auto_lines(auto: &daemon::AutoStatus) -> String {
+    let mut s = match (&auto.daemon.running, &auto.daemon.record) {
+        (true, Some(r)) => format!("daemon: running, pid {}\n", r.pid),
+        _ => "daemon: not running\n".into(),
+    };
+    s.push_str(&format!("queue: {} request(s)\n", auto.queue.len()));
+    for e in &auto.queue {
+        let until = e
+            .next_attempt_at
+            .map(|t| format!(" until {}", t.format("%H:%M:%S UTC")))
+            .unwrap_or_default();
+        let why = e
+            .note
+            .as_deref()
+            .map(|n| format!(": {n}"))
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "  {} {} {} ({}){until}{why}\n",
+            e.id,
+            e.sync_type,
+            format!("{:?}", e.status).to_lowercase(),
+            e.priority
+        ));
+    }
+    s.push_str(&format!(
+        "rate limits: {} sync(s), {} commit(s) in the last hour, {} automatic commit(s) today",
+        auto.ratelimit.syncs_last_hour,
+        auto.ratelimit.commits_last_hour,
+        auto.ratelimit.auto_commits_last_day
+    ));
+    if let Some(r) = &auto.ratelimit.sync_refusal {
+        s.push_str(&format!("; next normal sync refused: {r}"));
+    }
+    s.push('\n');
+    s.push_str(&format!("circuit: {:?}", auto.circuit.state).to_lowercase());
+    if let Some(t) = auto.circuit.retry_at {
+        s.push_str(&format!(
+            " after {} failure(s); trial after {}",
+            auto.circuit.consecutive_failures,
+            t.format("%H:%M:%S UTC")
+        ));
+    }
+    s.push('\n');
+    s
 }
 
 fn logs(ctx: &Ctx, follow: bool, lines: usize) -> Result<u8> {

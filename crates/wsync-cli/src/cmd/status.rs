@@ -17,7 +17,13 @@ pub struct StatusArgs {}
 pub fn run(ctx: &Ctx, _args: &StatusArgs) -> Result<u8> {
     let engine = SyncEngine::open(&ctx.workspace, &ctx.state_dir)?;
     let report = wsync_coordinator::status(&engine)?;
-    ctx.emit(&report, || human(&report))?;
+    // Automatic sync: daemon, queue (why and until when), limits, circuit.
+    let auto = wsync_coordinator::daemon::auto_status(&ctx.state_dir, engine.config())?;
+    let mut value = serde_json::to_value(&report)?;
+    value["auto"] = serde_json::to_value(&auto)?;
+    ctx.emit(&value, || {
+        human(&report) + &crate::cmd::daemon::auto_lines(&auto)
+    })?;
     Ok(crate::exit::SUCCESS)
 }
 
