@@ -11,6 +11,7 @@
 mod lock;
 mod snapshot;
 mod session;
+mod remote;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -100,7 +101,7 @@ impl Row {
 type BenchFn = fn(&BenchCtx) -> Result<Vec<Row>>;
 
 /// Every benchmark, by name.
-pub const BENCHES: &[(&str, BenchFn)] = &[("lock", lock::run), ("session", session::run), ("snapshot", snapshot::run)];
+pub const BENCHES: &[(&str, BenchFn)] = &[("lock", lock::run), ("session", session::run), ("snapshot", snapshot::run), ("remote", remote::run)];
 
 /// Runs the named benchmarks (all when none) and writes the results.
 pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
