@@ -46,7 +46,7 @@ fn generate(root: &Path, files: usize, rng: &mut Rng) -> Result<(usize, u64, Pat
     while blob.len() < 1 << 21 {
         let w = WORDS[(rng.next() % WORDS.len() as u64) as usize];
         blob.push_str(w);
-        blob.push(if rng.next() % 12 == 0 { '\n' } else { ' ' });
+        blob.push(if rng.next().is_multiple_of(12) { '\n' } else { ' ' });
     }
     let blob = blob.into_bytes();
     let mut total = 0u64;
