@@ -66,6 +66,19 @@ pub(crate) fn open_lock_file(state_dir: &Path, path: &Path) -> Result<File> {
     }
 }
 
+/// Whether `file` is still the file at `path`: a lock taken on a file that
+/// was unlinked or replaced meanwhile locks nothing anyone else sees.
+/// (wsync never unlinks its lock files; this guards against people.)
+pub(crate) fn is_current(file: &File, path: &Path) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ours = file.metadata().at(path)?;
+    match std::fs::metadata(path) {
+        Ok(now) => Ok(now.ino() == ours.ino() && now.dev() == ours.dev()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).at(path),
+    }
+}
+
 /// Replaces `path` with `bytes`: temp file in the same folder, fsync,
 /// rename, folder fsync. Readers see the old or the new content, never a mix.
 pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {

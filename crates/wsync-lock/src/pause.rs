@@ -10,7 +10,8 @@ use serde::Serialize;
 
 use crate::error::{Error, IoContext as _, Result};
 use crate::fsutil::{
-    Backoff, atomic_write, check_state_dir, deadline_after, open_lock_file, remove_durable,
+    Backoff, atomic_write, check_state_dir, deadline_after, is_current, open_lock_file,
+    remove_durable,
 };
 use crate::process::{Liveness, liveness, me};
 use crate::windows::{WriterWindow, append_window};
@@ -189,13 +190,12 @@ impl PauseGate {
     /// `max_pause`) for another pause to end first, else [`Error::Busy`].
     pub fn pause(&self, opts: &PauseOptions) -> Result<PauseGuard> {
         let pausers_path = self.pausers_lock();
-        let pausers = open_lock_file(&self.state_dir, &pausers_path)?;
-        if !lock_until(&pausers, &pausers_path, deadline_after(opts.max_pause))? {
+        let Some(pausers) = self.lock_until(&pausers_path, deadline_after(opts.max_pause))? else {
             return Err(Error::Busy {
                 path: pausers_path,
                 holder: None,
             });
-        }
+        };
         let info = PauseInfo {
             pid: me().pid,
             at: Some(Utc::now()),
@@ -212,12 +212,8 @@ impl PauseGate {
             started: Instant::now(),
             max_pause: opts.max_pause,
         };
-        let writers_path = self.writers_lock();
-        let writers = open_lock_file(&self.state_dir, &writers_path)?;
-        if lock_until(&writers, &writers_path, deadline_after(opts.ack_timeout))? {
-            guard.writers = Some(writers);
-            guard.acknowledged = true;
-        }
+        guard.writers = self.lock_until(&self.writers_lock(), deadline_after(opts.ack_timeout))?;
+        guard.acknowledged = guard.writers.is_some();
         Ok(guard)
     }
 
@@ -227,7 +223,7 @@ impl PauseGate {
     /// the guard is dropped, which appends its window to `writers.jsonl`.
     pub fn writer(&self, opts: &WriterOptions) -> Result<WriterGuard> {
         let path = self.writers_lock();
-        let file = open_lock_file(&self.state_dir, &path)?;
+        let mut file = open_lock_file(&self.state_dir, &path)?;
         let began = Instant::now();
         let mut backoff = Backoff::new(deadline_after(opts.max_wait), POLL_MAX);
         let mut paused_by = None;
@@ -235,7 +231,12 @@ impl PauseGate {
             match self.probe()? {
                 PauseStatus::Paused { info } => paused_by = info.map(|i| i.pid).or(paused_by),
                 PauseStatus::Running | PauseStatus::Stale { .. } => match file.try_lock_shared() {
-                    Ok(()) => break true,
+                    Ok(()) if is_current(&file, &path)? => break true,
+                    // Removed or replaced since we opened it: use the new one.
+                    Ok(()) => {
+                        file = open_lock_file(&self.state_dir, &path)?;
+                        continue;
+                    }
                     // A pause releasing, or one cleared by an emergency stop.
                     Err(TryLockError::WouldBlock) => {}
                     Err(TryLockError::Error(e)) => return Err(e).at(&path),
@@ -299,6 +300,27 @@ impl PauseGate {
         Ok(info)
     }
 
+    /// Takes `path`'s exclusive lock, polling until `deadline`; `None`
+    /// when the deadline passed.
+    fn lock_until(&self, path: &Path, deadline: Option<Instant>) -> Result<Option<File>> {
+        let mut backoff = Backoff::new(deadline, Duration::from_millis(20));
+        let mut file = open_lock_file(&self.state_dir, path)?;
+        loop {
+            match file.try_lock() {
+                Ok(()) if is_current(&file, path)? => return Ok(Some(file)),
+                Ok(()) => {
+                    file = open_lock_file(&self.state_dir, path)?;
+                    continue;
+                }
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(e)) => return Err(e).at(path),
+            }
+            if !backoff.wait() {
+                return Ok(None);
+            }
+        }
+    }
+
     /// Looks at the pause file and, when present, at whether a pause holds
     /// `pausers.lock`. A stale pause file is removed while the probe holds
     /// `pausers.lock` shared, so no new pause can be writing it meanwhile.
@@ -356,22 +378,6 @@ fn read_pause_file(path: &Path) -> Result<Option<Vec<u8>>> {
             path: path.to_path_buf(),
         }),
         Err(e) => Err(e).at(path),
-    }
-}
-
-/// Takes `file`'s exclusive lock polling until `deadline`; `Ok(false)`
-/// when the deadline passed.
-fn lock_until(file: &File, path: &Path, deadline: Option<Instant>) -> Result<bool> {
-    let mut backoff = Backoff::new(deadline, Duration::from_millis(20));
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(true),
-            Err(TryLockError::WouldBlock) => {}
-            Err(TryLockError::Error(e)) => return Err(e).at(path),
-        }
-        if !backoff.wait() {
-            return Ok(false);
-        }
     }
 }
 

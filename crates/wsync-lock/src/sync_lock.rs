@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext as _, Result};
-use crate::fsutil::{Backoff, check_state_dir, deadline_after, open_lock_file};
+use crate::fsutil::{Backoff, check_state_dir, deadline_after, is_current, open_lock_file};
 use crate::process::{gone_reason, me};
 
 /// The lock file's name inside the state folder.
@@ -168,12 +168,23 @@ impl SyncLock {
 
     /// Takes the lock, waiting as `wait` says, and writes the holder record.
     pub fn acquire(&self, opts: &LockOptions, wait: Wait) -> Result<SyncLockGuard> {
-        let file = open_lock_file(&self.state_dir, &self.path)?;
-        match wait {
-            Wait::Forever => file.lock().at(&self.path)?,
-            Wait::Fail => self.lock_with_deadline(&file, deadline_after(FAIL_GRACE), true)?,
-            Wait::Timeout(d) => self.lock_with_deadline(&file, deadline_after(d), false)?,
-        }
+        let deadline = match wait {
+            Wait::Fail => deadline_after(FAIL_GRACE),
+            Wait::Timeout(d) => deadline_after(d),
+            Wait::Forever => None,
+        };
+        let file = loop {
+            let file = open_lock_file(&self.state_dir, &self.path)?;
+            match wait {
+                Wait::Forever => file.lock().at(&self.path)?,
+                Wait::Fail => self.lock_with_deadline(&file, deadline, true)?,
+                Wait::Timeout(_) => self.lock_with_deadline(&file, deadline, false)?,
+            }
+            if is_current(&file, &self.path)? {
+                break file;
+            }
+            // Someone removed or replaced the file while we waited.
+        };
         // We hold the lock: whatever the file says is left over.
         let previous = read_all(&file).at(&self.path)?;
         let replaced = (!is_blank(&previous)).then(|| stale_status(&self.path, &previous));

@@ -566,3 +566,32 @@ fn acknowledged_pauses_exclude_writers() {
     let windows = read_writer_windows(dir.path()).unwrap();
     assert!(windows.len() >= 4);
 }
+
+/// A waiter that opened `sync.lock` before someone deleted it does not
+/// end up "holding" the unlinked file next to the holder of the new one.
+#[test]
+fn waiter_on_a_deleted_lock_file_follows_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = SyncLock::new(dir.path());
+    let a = lock.try_acquire(&opts("a")).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let d = dir.path().to_path_buf();
+    let waiter = std::thread::spawn(move || {
+        let g = SyncLock::new(&d)
+            .acquire(&opts("w"), Wait::Forever)
+            .unwrap();
+        tx.send(()).unwrap();
+        drop(g);
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    std::fs::remove_file(lock.path()).unwrap();
+    let b = lock.try_acquire(&opts("b")).unwrap();
+    drop(a);
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "the waiter got the unlinked file while b holds the new one"
+    );
+    drop(b);
+    rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    waiter.join().unwrap();
+}
