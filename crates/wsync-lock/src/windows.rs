@@ -2,7 +2,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write as _;
-use std::os::unix::fs::{FileExt as _, MetadataExt as _};
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext as _, Result};
-use crate::fsutil::{Backoff, atomic_write, check_state_dir, deadline_after};
+use crate::fsutil::{Backoff, atomic_write, check_state_dir, deadline_after, is_current};
 
 /// The log's name inside the state folder.
 pub const WRITERS_LOG_FILE: &str = "writers.jsonl";
@@ -117,13 +117,12 @@ pub(crate) fn append_window(state_dir: &Path, window: &WriterWindow) -> Result<(
             }
             Err(TryLockError::Error(e)) => return Err(e).at(&path),
         }
-        let ours = file.metadata().at(&path)?;
-        match std::fs::metadata(&path) {
-            Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => {}
+        if !is_current(&file, &path)? {
             // Replaced (compacted) or removed since we opened it.
-            _ => continue,
+            continue;
         }
-        return append_locked(&file, &path, &line, ours.len());
+        let len = file.metadata().at(&path)?.len();
+        return append_locked(&file, &path, &line, len);
     }
 }
 
