@@ -284,8 +284,8 @@ fn debounce_window(config: &WatchConfig) -> Duration {
     // The library's own window only pairs renames and merges bursts; our
     // per-class debounce does the rest. Short, but not a busy tick.
     let t = config.timings();
-    (t.code.min(t.default).min(t.system) / 2)
-        .clamp(Duration::from_millis(100), Duration::from_millis(300))
+    (t.code.min(t.default).min(t.system) / 5)
+        .clamp(Duration::from_millis(50), Duration::from_millis(200))
 }
 
 impl Backend {
@@ -424,8 +424,11 @@ impl Core {
                         ) {
                             continue;
                         }
+                        // Debounce from when it happened, not from when the
+                        // library's window let it through.
+                        let at = ev.time.min(now);
                         for p in &ev.paths {
-                            self.on_path(p, backend, now);
+                            self.on_path(p, backend, at);
                         }
                     }
                 }

@@ -12,6 +12,7 @@ mod lock;
 mod snapshot;
 mod session;
 mod remote;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -101,7 +102,7 @@ impl Row {
 type BenchFn = fn(&BenchCtx) -> Result<Vec<Row>>;
 
 /// Every benchmark, by name.
-pub const BENCHES: &[(&str, BenchFn)] = &[("lock", lock::run), ("session", session::run), ("snapshot", snapshot::run), ("remote", remote::run)];
+pub const BENCHES: &[(&str, BenchFn)] = &[("lock", lock::run), ("session", session::run), ("snapshot", snapshot::run), ("remote", remote::run), ("watch", watch::run)];
 
 /// Runs the named benchmarks (all when none) and writes the results.
 pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
