@@ -163,15 +163,25 @@ pub fn listening_inodes(proc_root: &Path) -> Result<BTreeMap<u64, u16>> {
     let mut map = BTreeMap::new();
     for table in ["net/tcp", "net/tcp6"] {
         let path = proc_root.join(table);
-        let text = match std::fs::read_to_string(&path) {
+        let text = match read_big(&path) {
             Ok(text) => text,
             // No IPv6 (or no /proc): nothing listens there.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(Error::io(&path, e)),
         };
-        map.extend(parse_tcp_table(&text));
+        map.extend(parse_tcp_table(&String::from_utf8_lossy(&text)));
     }
     Ok(map)
+}
+
+/// Reads a generated `/proc` table with a large first read: the kernel
+/// rebuilds the table on every `read`, so the small probing reads of
+/// `read_to_string` cost a full walk each.
+fn read_big(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut buf = Vec::with_capacity(1 << 16);
+    std::fs::File::open(path)?.read_to_end(&mut buf)?;
+    Ok(buf)
 }
 
 /// Parses one `/proc/net/tcp{,6}` table: `(inode, port)` for LISTEN rows.
