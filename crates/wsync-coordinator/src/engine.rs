@@ -564,6 +564,8 @@ impl SyncEngine {
                 "pause not acknowledged"
             },
         )?;
+        let captured = snapshot;
+        let snapshot = captured.id.clone();
         report.snapshot = Some(snapshot.clone());
         let mut journal = Journal {
             snapshot: snapshot.clone(),
@@ -576,7 +578,7 @@ impl SyncEngine {
         journal.write(&self.state_dir)?;
         clock.lap("snapshot");
         hook(opts, Phase::Snapshot);
-        let outcome = self.phases(&repo, &target, opts, &mut journal, &mut report, &mut clock);
+        let outcome = self.phases(&repo, &target, &captured, opts, &mut journal, &mut report, &mut clock);
         let result = match outcome {
             Ok(()) => {
                 conflicts::append_conflicts(&self.state_dir, &report.conflicts)?;
@@ -668,16 +670,20 @@ impl SyncEngine {
         synclog::append(&self.state_dir, &entry)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn phases(
         &self,
         repo: &Repository,
         target: &Target,
+        captured: &snap::Captured,
         opts: &SyncOptions,
         journal: &mut Journal,
         report: &mut SyncReport,
         clock: &mut Clock,
     ) -> Result<(), Error> {
+        let t = Instant::now();
         let classifier = self.classifier()?;
+        tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "filter setup");
         // An unborn branch (a fresh clone target) takes the remote first,
         // so local files land on top of its history instead of beside it.
         let unborn = git::ref_oid(repo, &target.local_ref()).is_none();
@@ -687,7 +693,14 @@ impl SyncEngine {
         }
         check_cancel(opts, "commit")?;
         journal.advance(&self.state_dir, "commit")?;
-        self.commit_user_changes(repo, &classifier, opts.reason, report)?;
+        // What changed is what the snapshot recorded (no second scan of
+        // the working tree); after integrating first, the tree moved on.
+        let pending = if integrate_first {
+            git::pending(repo, &self.workspace)?
+        } else {
+            git::pending_from_snapshot(repo, &self.workspace, &captured.commit, &captured.index_commit)?
+        };
+        self.commit_user_changes(repo, &classifier, pending, opts.reason, report)?;
         clock.lap("commit");
         hook(opts, Phase::Committed);
         if opts.mode != SyncMode::Push && !integrate_first {
@@ -794,16 +807,18 @@ impl SyncEngine {
         &self,
         repo: &Repository,
         classifier: &Classifier,
+        pending: Vec<git::Pending>,
         reason: Reason,
         report: &mut SyncReport,
     ) -> Result<(), Error> {
         let ws = &self.workspace;
-        let pending = git::pending(repo, ws)?;
         let mut index = repo.index().map_err(Error::git(ws, "read the index"))?;
         let head = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
         let mut unstage = Vec::new();
         let mut files = Vec::new();
+        let t = Instant::now();
         let verdicts = classifier.classify_all(&pending);
+        tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "classify");
         for (p, v) in pending.into_iter().zip(verdicts) {
             if p.path.ends_with('/') {
                 continue; // a nested repository
@@ -824,7 +839,9 @@ impl SyncEngine {
                 report.system_files.push(p.path);
             }
         }
+        let t = Instant::now();
         index.write().map_err(Error::git(ws, "write the index"))?;
+        tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "index write");
         if !unstage.is_empty() {
             // A system path someone staged is put back to HEAD in the index
             // only; its working file stays as it is.
@@ -904,9 +921,11 @@ impl SyncEngine {
             report.integration = Integration::FastForward;
             return Ok(());
         }
+        let t = Instant::now();
         let mut index = repo
             .merge_commits(&local_commit, &remote_commit, None)
             .map_err(Error::git(ws, "merge"))?;
+        tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "merge");
         let mut conflicts = Vec::new();
         if index.has_conflicts() {
             let ctx = MergeCtx {
@@ -985,11 +1004,29 @@ impl SyncEngine {
                     }
                 }
             });
-            if from.is_none() {
-                cb.recreate_missing(true);
+            let mut needed = true;
+            match from {
+                // Only the paths that differ between the trees are looked
+                // at and written.
+                Some(f) => {
+                    let from_tree = f.tree().map_err(Error::git(ws, "read the tree"))?;
+                    let paths = git::changed_paths(repo, ws, &from_tree, &to_tree)?;
+                    needed = !paths.is_empty();
+                    for p in paths {
+                        cb.path(p);
+                    }
+                    cb.disable_pathspec_match(true);
+                }
+                None => {
+                    cb.recreate_missing(true);
+                }
             }
-            repo.checkout_tree(to_tree.as_object(), Some(&mut cb))
-                .map_err(Error::git(ws, "check out"))?;
+            let t = Instant::now();
+            if needed {
+                repo.checkout_tree(to_tree.as_object(), Some(&mut cb))
+                    .map_err(Error::git(ws, "check out"))?;
+            }
+            tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "checkout");
         }
         repo.reference(
             &target.local_ref(),

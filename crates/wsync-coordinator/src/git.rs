@@ -149,6 +149,83 @@ pub(crate) fn pending(repo: &Repository, workspace: &Path) -> Result<Vec<Pending
     Ok(out)
 }
 
+/// The changes a snapshot recorded, without scanning the working tree
+/// again: HEAD's tree against the snapshot's working tree (tracked changes
+/// and untracked files) and against its index tree (what is staged).
+pub(crate) fn pending_from_snapshot(
+    repo: &Repository,
+    workspace: &Path,
+    snapshot_commit: &str,
+    index_commit: &str,
+) -> Result<Vec<Pending>, Error> {
+    let gerr = |op: &str| Error::git(workspace, op.to_owned());
+    let tree_of = |id: &str| -> Result<git2::Tree<'_>, Error> {
+        let oid = Oid::from_str(id).map_err(gerr("parse a snapshot id"))?;
+        repo.find_commit(oid)
+            .and_then(|c| c.tree())
+            .map_err(gerr("read a snapshot tree"))
+    };
+    let work = tree_of(snapshot_commit)?;
+    let index = tree_of(index_commit)?;
+    let head = repo.head().ok().and_then(|h| h.peel_to_tree().ok());
+    let mut opts = git2::DiffOptions::new();
+    opts.ignore_submodules(true);
+    let mut map: std::collections::BTreeMap<String, Pending> = std::collections::BTreeMap::new();
+    let to_work = repo
+        .diff_tree_to_tree(head.as_ref(), Some(&work), Some(&mut opts))
+        .map_err(gerr("diff HEAD to the snapshot"))?;
+    let to_index = repo
+        .diff_tree_to_tree(head.as_ref(), Some(&index), Some(&mut opts))
+        .map_err(gerr("diff HEAD to the index"))?;
+    for (diff, staged) in [(&to_work, false), (&to_index, true)] {
+        for d in diff.deltas() {
+            let Some(path) = d
+                .new_file()
+                .path()
+                .or_else(|| d.old_file().path())
+                .and_then(|p| p.to_str())
+                .map(str::to_owned)
+            else {
+                continue;
+            };
+            let entry = map.entry(path.clone()).or_insert_with(|| Pending {
+                deleted: work.get_path(Path::new(&path)).is_err(),
+                created: head
+                    .as_ref()
+                    .is_none_or(|h| h.get_path(Path::new(&path)).is_err()),
+                staged: false,
+                path,
+            });
+            entry.staged |= staged;
+        }
+    }
+    Ok(map.into_values().collect())
+}
+
+/// Paths that differ between two trees (either side), for a checkout
+/// limited to what changed.
+pub(crate) fn changed_paths(
+    repo: &Repository,
+    workspace: &Path,
+    from: &git2::Tree<'_>,
+    to: &git2::Tree<'_>,
+) -> Result<Vec<String>, Error> {
+    let diff = repo
+        .diff_tree_to_tree(Some(from), Some(to), None)
+        .map_err(Error::git(workspace, "diff trees"))?;
+    let mut out = Vec::new();
+    for d in diff.deltas() {
+        for f in [d.old_file(), d.new_file()] {
+            if let Some(p) = f.path().and_then(|p| p.to_str()) {
+                if out.last().is_none_or(|l: &String| l != p) {
+                    out.push(p.to_owned());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The commit a ref points at, if the ref exists.
 pub(crate) fn ref_oid(repo: &Repository, name: &str) -> Option<Oid> {
     repo.refname_to_id(name).ok()

@@ -8,21 +8,35 @@ use wsync_snapshot::{CaptureOptions, RestoreOptions, Retention, SnapshotStore};
 
 use crate::Error;
 
-/// Captures a snapshot; returns its id.
+/// A captured snapshot, as the engine needs it.
+pub(crate) struct Captured {
+    /// The snapshot id.
+    pub id: String,
+    /// The snapshot commit: its tree is the whole (non-ignored) working tree.
+    pub commit: String,
+    /// The commit whose tree is the index at capture time.
+    pub index_commit: String,
+}
+
+/// Captures a snapshot.
 pub(crate) fn capture(
     workspace: &Path,
     state_dir: &Path,
     reason: &str,
     bundle: bool,
     autonomous_status: &str,
-) -> Result<String, Error> {
+) -> Result<Captured, Error> {
     let store = SnapshotStore::open(workspace, state_dir)?;
     let snap = store.capture(&CaptureOptions {
         reason: reason.into(),
         bundle,
         autonomous_status: autonomous_status.into(),
     })?;
-    Ok(snap.id)
+    Ok(Captured {
+        id: snap.id,
+        commit: snap.commit,
+        index_commit: snap.meta.index_commit,
+    })
 }
 
 /// Restores a snapshot (forced: also over a half-done merge); returns the

@@ -11,6 +11,7 @@
 mod lock;
 mod snapshot;
 mod session;
+mod sync;
 mod remote;
 mod watch;
 
@@ -102,7 +103,7 @@ impl Row {
 type BenchFn = fn(&BenchCtx) -> Result<Vec<Row>>;
 
 /// Every benchmark, by name.
-pub const BENCHES: &[(&str, BenchFn)] = &[("lock", lock::run), ("session", session::run), ("snapshot", snapshot::run), ("remote", remote::run), ("watch", watch::run)];
+pub const BENCHES: &[(&str, BenchFn)] = &[("lock", lock::run), ("session", session::run), ("snapshot", snapshot::run), ("sync", sync::run), ("remote", remote::run), ("watch", watch::run)];
 
 /// Runs the named benchmarks (all when none) and writes the results.
 pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
