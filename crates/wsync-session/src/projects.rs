@@ -229,7 +229,7 @@ pub struct Project {
     /// Whether the user set the command (re-discovery keeps it).
     #[serde(default)]
     pub user_command: bool,
-    /// When discovery last saw it.
+    /// When discovery first registered it.
     pub discovered_at: DateTime<Utc>,
 }
 
@@ -327,10 +327,11 @@ impl Registry {
         self.save()
     }
 
-    /// Merges discovery results for `roots` and saves: new projects are
-    /// added (a colliding name gets `-2`, `-3`, … ), known ones (by path)
-    /// keep their name and a user-set command, and registered projects under
-    /// one of `roots` that were not found again are removed.
+    /// Merges discovery results for `roots` and saves when anything
+    /// changed: new projects are added (a colliding name gets `-2`, `-3`, …),
+    /// known ones (by path) keep their name and a user-set command, and
+    /// registered projects under one of `roots` that were not found again are
+    /// removed.
     pub fn merge(
         &mut self,
         roots: &[PathBuf],
@@ -342,6 +343,7 @@ impl Registry {
             .map(|r| r.canonicalize().unwrap_or_else(|_| r.clone()))
             .collect();
         let found_paths: BTreeSet<&Path> = found.iter().map(|f| f.path.as_path()).collect();
+        let before = self.projects.clone();
         let mut report = MergeReport::default();
         self.projects.retain(|p| {
             let gone = roots.iter().any(|r| p.path.starts_with(r))
@@ -353,7 +355,6 @@ impl Registry {
         });
         for f in found {
             if let Some(p) = self.projects.iter_mut().find(|p| p.path == f.path) {
-                p.discovered_at = now;
                 p.kind = f.kind;
                 if p.user_command {
                     report.kept.push(p.name.clone());
@@ -375,7 +376,9 @@ impl Registry {
             });
         }
         self.projects.sort_by(|a, b| a.name.cmp(&b.name));
-        self.save()?;
+        if self.projects != before {
+            self.save()?;
+        }
         Ok(report)
     }
 
@@ -464,6 +467,15 @@ mod tests {
         let found = discover(&roots, &DiscoverOptions::default()).unwrap().found;
         let report = reg.merge(&roots, &found, Utc::now()).unwrap();
         assert_eq!(report.added, ["app", "app-2"]);
+        // Nothing new: the registry file is not rewritten.
+        let written = std::fs::metadata(reg.path()).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let again = reg.merge(&roots, &found, Utc::now()).unwrap();
+        assert_eq!(again, MergeReport::default());
+        assert_eq!(
+            std::fs::metadata(reg.path()).unwrap().modified().unwrap(),
+            written
+        );
         reg.set_command("app-2", "go run ./cmd/server").unwrap();
 
         // Re-discovery: names stable, user command kept, vanished removed.
