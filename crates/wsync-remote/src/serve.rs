@@ -36,16 +36,12 @@ const OPS_BATCH_COUNT: usize = 4096;
 const SCAN_CHUNK: usize = 2000;
 /// Pending puts are committed at the latest at this count or size.
 const COMMIT_FILES: usize = 1000;
-const COMMIT_BYTES: u64 = 128 * 1024 * 1024;
+const COMMIT_BYTES: u64 = 64 * 1024 * 1024;
 
 type Pending = Vec<(Vec<u8>, Result<Sealed, Error>)>;
 
-/// Commits pending puts and answers them in order.
-fn commit_pending<W: Write>(pending: &mut Pending, out: &mut W, fsync: bool) -> Result<(), Error> {
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let items = std::mem::take(pending);
+/// Commits pending puts; one answer per put, in order.
+fn commit_answers(items: Pending, fsync: bool) -> Vec<Response> {
     let mut batch = Vec::new();
     let mut slots = Vec::with_capacity(items.len());
     for (rel, r) in items {
@@ -58,8 +54,9 @@ fn commit_pending<W: Write>(pending: &mut Pending, out: &mut W, fsync: bool) -> 
         }
     }
     let mut results = fsops::commit(batch, fsync).into_iter();
-    for (rel, err) in slots {
-        let resp = match err {
+    slots
+        .into_iter()
+        .map(|(rel, err)| match err {
             Some(e) => err_response(&rel, &e),
             None => match results.next() {
                 Some(Ok(meta)) => Response::Done(Some(meta)),
@@ -71,10 +68,50 @@ fn commit_pending<W: Write>(pending: &mut Pending, out: &mut W, fsync: bool) -> 
                     },
                 ),
             },
-        };
-        send(out, &resp)?;
+        })
+        .collect()
+}
+
+/// Commits batches of puts, the previous batch in the background while
+/// the next one arrives; answers always go out in request order.
+struct Committer {
+    inflight: Option<std::thread::JoinHandle<Vec<Response>>>,
+    fsync: bool,
+}
+
+impl Committer {
+    fn join<W: Write>(&mut self, out: &mut W) -> Result<(), Error> {
+        if let Some(h) = self.inflight.take() {
+            let answers = h.join().map_err(|_| Error::Protocol {
+                peer: "server".into(),
+                what: "the commit thread panicked".into(),
+            })?;
+            for a in &answers {
+                send(out, a)?;
+            }
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Starts committing `pending` in the background.
+    fn start<W: Write>(&mut self, pending: &mut Pending, out: &mut W) -> Result<(), Error> {
+        self.join(out)?;
+        let items = std::mem::take(pending);
+        let fsync = self.fsync;
+        self.inflight = Some(std::thread::spawn(move || commit_answers(items, fsync)));
+        Ok(())
+    }
+
+    /// Commits everything now and answers it.
+    fn finish<W: Write>(&mut self, pending: &mut Pending, out: &mut W) -> Result<(), Error> {
+        self.join(out)?;
+        if !pending.is_empty() {
+            for a in &commit_answers(std::mem::take(pending), self.fsync) {
+                send(out, a)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The error category sent to the peer for a local error.
@@ -151,6 +188,10 @@ pub fn serve<R: Read + Send + 'static, W: Write>(
     let mut put: Option<Result<Put, Error>> = None;
     let mut put_rel: Vec<u8> = Vec::new();
     let mut pending: Pending = Vec::new();
+    let mut committer = Committer {
+        inflight: None,
+        fsync: opts.fsync,
+    };
     let mut pending_bytes = 0u64;
     loop {
         if inp.buffer().is_empty() {
@@ -159,7 +200,7 @@ pub fn serve<R: Read + Send + 'static, W: Write>(
         let req: Request = match wire::read_msg(&mut inp) {
             Ok((r, _)) => r,
             Err(FrameError::Closed) => {
-                commit_pending(&mut pending, &mut out, opts.fsync)?;
+                committer.finish(&mut pending, &mut out)?;
                 out.flush().map_err(io)?;
                 return Ok(());
             }
@@ -170,7 +211,7 @@ pub fn serve<R: Read + Send + 'static, W: Write>(
             req,
             Request::PutBegin { .. } | Request::PutOps(_) | Request::PutEnd { .. }
         ) {
-            commit_pending(&mut pending, &mut out, opts.fsync)?;
+            committer.finish(&mut pending, &mut out)?;
             pending_bytes = 0;
         }
         match req {
@@ -275,7 +316,7 @@ pub fn serve<R: Read + Send + 'static, W: Write>(
                 }
                 pending.push((std::mem::take(&mut put_rel), r));
                 if pending.len() >= COMMIT_FILES || pending_bytes >= COMMIT_BYTES {
-                    commit_pending(&mut pending, &mut out, opts.fsync)?;
+                    committer.start(&mut pending, &mut out)?;
                     pending_bytes = 0;
                 }
             }
