@@ -368,6 +368,11 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
             )
             .goal("≤ 10 MB"),
         );
+        rows.push(Row::solo(
+            "  of which anonymous (heap, stacks; the rest is shared code pages)",
+            anon,
+            "MB",
+        ));
         rows.push(
             Row::solo(format!("daemon idle CPU over {idle_secs} s"), cpu_pct, "%").goal("≈ 0"),
         );
