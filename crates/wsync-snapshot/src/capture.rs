@@ -18,8 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::Utc;
 use git2::{
-    Commit, Delta, DiffFormat, DiffOptions, ErrorCode, Index, IndexEntry, IndexTime, ObjectType,
-    Oid, Repository, Signature, Tree,
+    Commit, DiffFormat, DiffOptions, ErrorCode, Index, IndexEntry, IndexTime, ObjectType, Oid,
+    Repository, Signature, Tree,
 };
 
 use crate::fsutil::{self, git_path};
@@ -37,9 +37,6 @@ const MAX_ATTEMPTS: u32 = 25;
 /// this long, or once it has been replaced by rename (the version read was
 /// complete when it was renamed into place).
 const SETTLE: Duration = Duration::from_millis(50);
-/// How many times libgit2's index-to-workdir comparison is retried when a
-/// file changes under it.
-const DIFF_ATTEMPTS: u32 = 10;
 
 /// HEAD's commit (None when unborn) and the branch it names (None when
 /// detached).
@@ -133,65 +130,46 @@ pub(crate) fn capture(
         .unwrap_or(true);
 
     // What differs between the index and the working tree.
-    let mut changed: Vec<(Delta, Vec<u8>, u32)> = Vec::new();
-    {
-        let mut o = DiffOptions::new();
-        o.include_untracked(true)
-            .recurse_untracked_dirs(true)
-            .include_typechange(true)
-            .ignore_submodules(true)
-            .skip_binary_check(true);
-        let mut tries = 0;
-        let diff = loop {
-            tries += 1;
-            match repo.diff_index_to_workdir(Some(&index), Some(&mut o)) {
-                Ok(d) => break d,
-                // A file changed size under libgit2's hashing: look again.
-                Err(e) if tries < DIFF_ATTEMPTS && e.class() == git2::ErrorClass::Os => {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err(e) => {
-                    return Err(Error::Git {
-                        path: store.workspace.clone(),
-                        what: "cannot compare the index with the work tree".into(),
-                        source: e,
-                    });
-                }
-            }
-        };
-        for d in diff.deltas() {
-            let file = if d.status() == Delta::Deleted {
-                d.old_file()
-            } else {
-                d.new_file()
-            };
-            if let Some(p) = file.path_bytes() {
-                changed.push((d.status(), p.to_vec(), u32::from(d.old_file().mode())));
-            }
+    let index_mtime = match std::fs::metadata(&index_path) {
+        Ok(m) => Some((m.mtime(), m.mtime_nsec())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(Error::Io {
+                path: index_path,
+                source,
+            });
         }
-    }
+    };
+    let scan = crate::scan::scan(repo, &store.workspace, &index, index_mtime, filemode)?;
     let mut status_paths: BTreeSet<Vec<u8>> = BTreeSet::new();
-    for (status, path, old_mode) in changed {
-        let rel = git_path(&path);
-        let entry = match status {
-            Delta::Deleted => None,
-            Delta::Added
-            | Delta::Untracked
-            | Delta::Modified
-            | Delta::Typechange
-            | Delta::Conflicted
-            | Delta::Renamed
-            | Delta::Copied => {
-                read_entry(repo, &store.workspace.join(rel), &path, filemode, old_mode)?
-            }
-            _ => continue,
+    let stage_err = |rel: &Path| git_err(store.workspace.join(rel), "cannot stage in memory");
+    for &i in &scan.deleted {
+        let Some(t) = scan.tracked.get(i) else {
+            continue;
         };
-        match entry {
+        let rel = git_path(&t.path);
+        index.remove_path(rel).map_err(stage_err(rel))?;
+        status_paths.insert(t.path.clone());
+    }
+    for &i in &scan.suspects {
+        let Some(t) = scan.tracked.get(i) else {
+            continue;
+        };
+        let rel = git_path(&t.path);
+        match read_entry(repo, &store.workspace.join(rel), &t.path, filemode, t.mode)? {
+            Some(e) if e.id == t.id && e.mode == t.mode => continue,
             Some(e) => index.add(&e),
             None => index.remove_path(rel),
         }
-        .map_err(git_err(store.workspace.join(rel), "cannot stage in memory"))?;
-        status_paths.insert(path);
+        .map_err(stage_err(rel))?;
+        status_paths.insert(t.path.clone());
+    }
+    for path in scan.untracked {
+        let rel = git_path(&path);
+        if let Some(e) = read_entry(repo, &store.workspace.join(rel), &path, filemode, 0)? {
+            index.add(&e).map_err(stage_err(rel))?;
+            status_paths.insert(path);
+        }
     }
     let work_tree_id = index
         .write_tree_to(repo)

@@ -57,6 +57,7 @@ mod capture;
 mod fsutil;
 mod manage;
 mod restore;
+mod scan;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -31,7 +31,19 @@ fn observe(repo: &TestRepo) -> Observed {
     let mut files = Vec::new();
     walk(repo.path(), repo.path(), &mut files);
     files.sort();
-    (repo.status(), head, index, reflog, files)
+    // `git status` may refresh the index; this one must not write.
+    let status = wsync_testutils::git_output(
+        repo.path(),
+        &[
+            "--no-optional-locks",
+            "status",
+            "--porcelain=v1",
+            "-z",
+            "--untracked-files=all",
+        ],
+    )
+    .stdout;
+    (status, head, index, reflog, files)
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {

@@ -21,6 +21,7 @@ const PATHS: &[&[u8]] = &[
     b"dir/sub/d.sh",
     b"e f.txt",
     b"g",
+    b"g/h.txt",
     b"n\xffo.txt",
 ];
 const CONTENTS: &[&[u8]] = &[
@@ -61,17 +62,34 @@ fn rel(i: usize) -> &'static Path {
 }
 
 fn remove(path: &Path) {
-    if path.symlink_metadata().is_ok() {
-        std::fs::remove_file(path).unwrap();
+    match path.symlink_metadata() {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path).unwrap(),
+        Ok(_) => std::fs::remove_file(path).unwrap(),
+        Err(_) => {}
     }
+}
+
+/// Makes room for a file at `abs`: files or symlinks standing where its
+/// folders must be go away (the file ↔ folder transitions), so does a
+/// folder at `abs` itself.
+fn make_room(root: &Path, abs: &Path) {
+    let rel = abs.strip_prefix(root).unwrap();
+    let mut dir = root.to_path_buf();
+    for comp in rel.parent().unwrap().components() {
+        dir.push(comp);
+        if dir.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
+            std::fs::remove_file(&dir).unwrap();
+        }
+    }
+    std::fs::create_dir_all(abs.parent().unwrap()).unwrap();
+    remove(abs);
 }
 
 fn apply(repo: &TestRepo, op: &Op) {
     match op {
         Op::Write(p, c) => {
             let abs = repo.path().join(rel(*p));
-            std::fs::create_dir_all(abs.parent().unwrap()).unwrap();
-            remove(&abs);
+            make_room(repo.path(), &abs);
             std::fs::write(&abs, CONTENTS[*c]).unwrap();
         }
         Op::Delete(p) => remove(&repo.path().join(rel(*p))),
@@ -86,8 +104,7 @@ fn apply(repo: &TestRepo, op: &Op) {
         }
         Op::Symlink(p, t) => {
             let abs = repo.path().join(rel(*p));
-            std::fs::create_dir_all(abs.parent().unwrap()).unwrap();
-            remove(&abs);
+            make_room(repo.path(), &abs);
             std::os::unix::fs::symlink(TARGETS[*t], &abs).unwrap();
         }
         Op::Stage(p) => {
@@ -173,7 +190,19 @@ fn state(repo: &TestRepo) -> State {
 
 fn raw(repo: &TestRepo) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     let read = |p: &str| std::fs::read(repo.path().join(p)).unwrap_or_default();
-    (read(".git/index"), read(".git/logs/HEAD"), repo.status())
+    // `git status` may refresh the index; this one must not write.
+    let status = git_output(
+        repo.path(),
+        &[
+            "--no-optional-locks",
+            "status",
+            "--porcelain=v1",
+            "-z",
+            "--untracked-files=all",
+        ],
+    )
+    .stdout;
+    (read(".git/index"), read(".git/logs/HEAD"), status)
 }
 
 proptest! {
