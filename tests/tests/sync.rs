@@ -249,7 +249,7 @@ fn emergency_stop_kills_a_running_sync_and_disables_automatic_sync() {
     init(&a);
     wsync_ok(a.path(), &["config", "enable"]);
     a.write("wip.txt", "work in progress\n");
-    let mut child = paused_sync(&a, "fetched");
+    let mut child = paused_sync(&a, "committed");
     let report = json(a.path(), &["emergency-stop", "--grace", "1"]);
     assert_eq!(report["stopped_pid"], child.id());
     let status = child.0.wait().unwrap();
@@ -339,13 +339,13 @@ fn sigterm_mid_run_rolls_back_cleanly() {
     init(&a);
     a.write("wip.txt", "w\n");
     let head = a.head();
-    let mut child = paused_sync(&a, "fetched");
+    let mut child = paused_sync(&a, "committed");
     let term = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(term.success());
-    std::fs::remove_file(a.path().join(".wsync/debug-paused-at-fetched")).unwrap();
+    std::fs::remove_file(a.path().join(".wsync/debug-paused-at-committed")).unwrap();
     let (status, err) = child.0.wait_with_output_ref();
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("cancelled") && err.contains("restored"), "{err}");

@@ -703,14 +703,18 @@ impl SyncEngine {
         self.commit_user_changes(repo, &classifier, pending, opts.reason, report)?;
         clock.lap("commit");
         hook(opts, Phase::Committed);
-        if opts.mode != SyncMode::Push && !integrate_first {
+        // With a new local commit, push first: a push that is accepted
+        // proves the remote had nothing we lack (it was a fast-forward), so
+        // the fetch is skipped; a rejected one fetches, integrates, retries.
+        let optimistic =
+            opts.mode == SyncMode::Sync && !integrate_first && !report.commits.is_empty();
+        if opts.mode != SyncMode::Push && !integrate_first && !optimistic {
             self.fetch_and_integrate(repo, target, &classifier, opts, journal, report, clock)?;
         }
         if opts.mode == SyncMode::Pull {
             return Ok(());
         }
-        self.push_with_retries(repo, target, &classifier, opts, journal, report)?;
-        clock.lap("push");
+        self.push_with_retries(repo, target, &classifier, opts, journal, report, clock, optimistic)?;
         Ok(())
     }
 
@@ -740,6 +744,7 @@ impl SyncEngine {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn push_with_retries(
         &self,
         repo: &Repository,
@@ -748,9 +753,12 @@ impl SyncEngine {
         opts: &SyncOptions,
         journal: &mut Journal,
         report: &mut SyncReport,
+        clock: &mut Clock,
+        optimistic: bool,
     ) -> Result<(), Error> {
         let ws = &self.workspace;
-        let retries = self.config.remote.push_retries;
+        // An optimistic first push that is rejected is not a retry.
+        let retries = self.config.remote.push_retries + u32::from(optimistic);
         loop {
             let local = git::ref_oid(repo, &target.local_ref());
             let tracking = git::ref_oid(repo, &target.tracking_ref());
@@ -762,7 +770,9 @@ impl SyncEngine {
             journal.advance(&self.state_dir, "push")?;
             hook(opts, Phase::Push);
             report.push_attempts += 1;
-            match git::push(ws, target)? {
+            let pushed = git::push(ws, target)?;
+            clock.lap("push");
+            match pushed {
                 PushOutcome::Pushed => {
                     report.pushed = true;
                     if let Some(l) = local {
@@ -784,11 +794,8 @@ impl SyncEngine {
                             },
                         });
                     }
-                    tracing::info!(%detail, "push rejected; fetching and integrating again");
-                    journal.advance(&self.state_dir, "fetch")?;
-                    let remote = git::fetch(repo, ws, target)?;
-                    journal.advance(&self.state_dir, "integrate")?;
-                    self.integrate(repo, target, remote, classifier, opts, report)?;
+                    tracing::info!(%detail, "push rejected; fetching and integrating");
+                    self.fetch_and_integrate(repo, target, classifier, opts, journal, report, clock)?;
                 }
             }
         }
