@@ -1,7 +1,7 @@
 //! The background daemon (`wsync daemon run|start|stop|status|logs`).
 //!
 //! One loop per state folder: it drains the queue when a request arrives
-//! (every [`Queue::enqueue`] sends a datagram to `<state>/daemon.sock`) and
+//! (every [`Queue::enqueue`](crate::queue::Queue::enqueue) sends a datagram to `<state>/daemon.sock`) and
 //! at least every `queue_interval_secs`, enqueues a scheduled sync every
 //! `interval_minutes` when automatic syncs are enabled, runs the health
 //! checks every `health_interval_secs`, and stops cleanly when its

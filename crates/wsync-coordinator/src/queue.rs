@@ -600,7 +600,7 @@ impl Queue {
 /// let state = tempfile::tempdir()?;
 /// let ticket = request_sync(state.path(), "manual", "my-host", Priority::High, "user saved")?;
 /// assert!(!ticket.merged);
-/// # Ok::<(), wsync_coordinator::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn request_sync(
     state_dir: &Path,
