@@ -188,6 +188,7 @@ enum Step {
         path: Vec<u8>,
         local: Meta,
         remote: Meta,
+        hash: Option<Hash>,
     },
     Unresolved {
         path: Vec<u8>,
@@ -297,10 +298,16 @@ fn conflict_copies_of(path: &[u8], tree: &BTreeMap<Vec<u8>, Meta>) -> usize {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct StateFile {
     version: u32,
-    entries: Vec<(Vec<u8>, Meta, Meta)>,
+    entries: Vec<(Vec<u8>, Meta, Meta, Option<Hash>)>,
 }
 
-type State = BTreeMap<Vec<u8>, (Meta, Meta)>;
+/// Per path: local meta, remote meta, and for files modified shortly
+/// before the state was written the BLAKE3 of the synced content (an edit
+/// within the same mtime tick keeps size and mtime; the hash catches it).
+type State = BTreeMap<Vec<u8>, (Meta, Meta, Option<Hash>)>;
+
+/// Files modified this recently when the state is written keep a hash.
+const RACY_NS: i64 = 2_000_000_000;
 
 fn decode_state(bytes: Option<&[u8]>, what: &str) -> Result<State, Error> {
     let Some(bytes) = bytes else {
@@ -310,7 +317,10 @@ fn decode_state(bytes: Option<&[u8]>, what: &str) -> Result<State, Error> {
         path: what.to_owned(),
         why: e.to_string(),
     })?;
-    Ok(f.entries.into_iter().map(|(p, l, r)| (p, (l, r))).collect())
+    Ok(f.entries
+        .into_iter()
+        .map(|(p, l, r, h)| (p, (l, r, h)))
+        .collect())
 }
 
 fn encode_state(state: &State) -> Result<Vec<u8>, Error> {
@@ -318,7 +328,7 @@ fn encode_state(state: &State) -> Result<Vec<u8>, Error> {
         version: 1,
         entries: state
             .iter()
-            .map(|(p, (l, r))| (p.clone(), l.clone(), r.clone()))
+            .map(|(p, (l, r, h))| (p.clone(), l.clone(), r.clone(), *h))
             .collect(),
     };
     postcard::to_stdvec(&f).map_err(|e| Error::State {
@@ -344,7 +354,7 @@ pub struct Session {
 }
 
 enum Outcome {
-    Set(Meta, Meta),
+    Set(Meta, Meta, Option<Hash>),
     Remove,
 }
 
@@ -593,6 +603,10 @@ impl Session {
                 }
             }
         }
+        // Files recorded with a hash (modified right before the last run)
+        // whose size and mtime still match: compare content, since an edit
+        // within the same mtime tick keeps both.
+        let (racy_local, racy_remote) = self.racy_changes(&state, &local, &remote)?;
         let mut report = Report {
             dry_run: opts.dry_run,
             ..Report::default()
@@ -607,8 +621,8 @@ impl Session {
             let l = local.entries.get(p);
             let r = remote.entries.get(p);
             let s = state.get(p);
-            let lc = changed(l, s.map(|s| &s.0));
-            let rc = changed(r, s.map(|s| &s.1));
+            let lc = changed(l, s.map(|s| &s.0)) || racy_local.contains(p);
+            let rc = changed(r, s.map(|s| &s.1)) || racy_remote.contains(p);
             match (lc, rc) {
                 (false, false) => report.unchanged += u64::from(l.is_some()),
                 (true, false) | (false, true) => {
@@ -671,6 +685,7 @@ impl Session {
                                 path: p.clone(),
                                 local: l.clone(),
                                 remote: r.clone(),
+                                hash: None,
                             });
                         } else if l.kind == Kind::File && r.kind == Kind::File && l.size == r.size {
                             compare.push((p.clone(), l.clone(), r.clone()));
@@ -692,6 +707,7 @@ impl Session {
                         path: p.clone(),
                         local: l.clone(),
                         remote: r.clone(),
+                        hash: Some(a),
                     }),
                     (Ok(_), Ok(_)) => {
                         steps.extend(self.conflict(p, l, r, &local, &remote, &now, opts));
@@ -722,8 +738,8 @@ impl Session {
         let mut next = state;
         for (p, o) in outcomes {
             match o {
-                Outcome::Set(l, r) => {
-                    next.insert(p, (l, r));
+                Outcome::Set(l, r, h) => {
+                    next.insert(p, (l, r, h));
                 }
                 Outcome::Remove => {
                     next.remove(&p);
@@ -736,9 +752,46 @@ impl Session {
                 || remote.entries.contains_key(p)
                 || steps_touch(&steps, p)
         });
+        let racy_after = now_ns() - RACY_NS;
+        for (l, r, h) in next.values_mut() {
+            if l.kind != Kind::File || (l.mtime_ns < racy_after && r.mtime_ns < racy_after) {
+                *h = None;
+            }
+        }
         self.save_state(&next)?;
         self.finish_report(&mut report);
         Ok(report)
+    }
+
+    /// Paths whose content differs from the hash recorded in the state
+    /// although size and mtime match, per side.
+    fn racy_changes(
+        &self,
+        state: &State,
+        local: &Tree,
+        remote: &Tree,
+    ) -> Result<(BTreeSet<Vec<u8>>, BTreeSet<Vec<u8>>), Error> {
+        let mut lset = BTreeSet::new();
+        let mut rset = BTreeSet::new();
+        let mut remote_check: Vec<(Vec<u8>, Hash)> = Vec::new();
+        for (p, (sl, sr, h)) in state {
+            let Some(h) = h else { continue };
+            if local.entries.get(p).is_some_and(|m| same(m, sl))
+                && self.local.hash(p).is_ok_and(|now| now != *h)
+            {
+                lset.insert(p.clone());
+            }
+            if remote.entries.get(p).is_some_and(|m| same(m, sr)) {
+                remote_check.push((p.clone(), *h));
+            }
+        }
+        let paths: Vec<Vec<u8>> = remote_check.iter().map(|(p, _)| p.clone()).collect();
+        for ((p, h), now) in remote_check.into_iter().zip(self.remote_hashes(&paths)?) {
+            if now.is_ok_and(|now| now != h) {
+                rset.insert(p);
+            }
+        }
+        Ok((lset, rset))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -962,7 +1015,7 @@ impl Session {
                             } else {
                                 report.files_received += 1;
                             }
-                            outcomes.push((path.clone(), Outcome::Set(m, src.clone())));
+                            outcomes.push((path.clone(), Outcome::Set(m, src.clone(), None)));
                         }
                         Err(e) => fail(report, &e),
                     }
@@ -995,7 +1048,7 @@ impl Session {
                     } else {
                         report.files_sent += 1;
                     }
-                    outcomes.push((p, Outcome::Set(src, m)));
+                    outcomes.push((p, Outcome::Set(src, m, None)));
                 }
                 Ok(None) => {}
                 Err(e) => fail(report, &e),
@@ -1029,18 +1082,18 @@ impl Session {
         }
         for (item, r) in sends.iter().zip(self.send_files(&sends, opts, report)?) {
             match r {
-                Ok((l, m)) => {
+                Ok((l, m, h)) => {
                     report.files_sent += 1;
-                    outcomes.push((item.path.clone(), Outcome::Set(l, m)));
+                    outcomes.push((item.path.clone(), Outcome::Set(l, m, Some(h))));
                 }
                 Err(e) => fail(report, &e),
             }
         }
         for (item, r) in recvs.iter().zip(self.recv_files(&recvs, opts, report)?) {
             match r {
-                Ok((l, m)) => {
+                Ok((l, m, h)) => {
                     report.files_received += 1;
-                    outcomes.push((item.path.clone(), Outcome::Set(l, m)));
+                    outcomes.push((item.path.clone(), Outcome::Set(l, m, Some(h))));
                 }
                 Err(e) => fail(report, &e),
             }
@@ -1052,9 +1105,13 @@ impl Session {
                 path,
                 local,
                 remote,
+                hash,
             } = st
             {
-                outcomes.push((path.clone(), Outcome::Set(local.clone(), remote.clone())));
+                outcomes.push((
+                    path.clone(),
+                    Outcome::Set(local.clone(), remote.clone(), *hash),
+                ));
             }
         }
         Ok(outcomes)
@@ -1071,8 +1128,9 @@ impl Session {
             Put(usize, bool),
         }
         let n = items.len();
-        let mut results: Vec<Option<Result<(Meta, Meta), Error>>> = (0..n).map(|_| None).collect();
-        let mut sent_meta: Vec<Option<Meta>> = vec![None; n];
+        let mut results: Vec<Option<Result<(Meta, Meta, Hash), Error>>> =
+            (0..n).map(|_| None).collect();
+        let mut sent_meta: Vec<Option<(Meta, Hash)>> = vec![None; n];
         let mut local_err: Vec<Option<Error>> = (0..n).map(|_| None).collect();
         let mut sigs: HashMap<usize, Signature> = HashMap::new();
         let mut pending: VecDeque<Pending> = VecDeque::new();
@@ -1081,8 +1139,8 @@ impl Session {
         let handle = |this: &Self,
                       pending: &mut VecDeque<Pending>,
                       sigs: &mut HashMap<usize, Signature>,
-                      results: &mut Vec<Option<Result<(Meta, Meta), Error>>>,
-                      sent_meta: &mut Vec<Option<Meta>>,
+                      results: &mut Vec<Option<Result<(Meta, Meta, Hash), Error>>>,
+                      sent_meta: &mut Vec<Option<(Meta, Hash)>>,
                       local_err: &mut Vec<Option<Error>>,
                       retry: &mut Vec<usize>|
          -> Result<(), Error> {
@@ -1096,8 +1154,8 @@ impl Session {
                 }
                 (Pending::Sigs(_), Response::Err { .. }) => {}
                 (Pending::Put(i, _), Response::Done(Some(m))) => {
-                    if let Some(l) = sent_meta[i].take() {
-                        results[i] = Some(Ok((l, m)));
+                    if let Some((l, h)) = sent_meta[i].take() {
+                        results[i] = Some(Ok((l, m, h)));
                     }
                 }
                 (Pending::Put(i, first), r @ Response::Err { .. }) => {
@@ -1225,7 +1283,7 @@ impl Session {
         &self,
         it: &FileCopy,
         sig: Option<Signature>,
-        sent_meta: &mut Option<Meta>,
+        sent_meta: &mut Option<(Meta, Hash)>,
         local_err: &mut Option<Error>,
         report: &mut Report,
     ) -> Result<(), Error> {
@@ -1271,7 +1329,7 @@ impl Session {
             Ok((hash, meta)) if same(&meta, &it.src) => {
                 report.literal_bytes += literal;
                 report.matched_bytes += meta.size.saturating_sub(literal);
-                *sent_meta = Some(meta);
+                *sent_meta = Some((meta, hash));
                 self.conn.send(&Request::PutEnd { hash })?;
             }
             Ok(_) => {
@@ -1295,27 +1353,28 @@ impl Session {
         opts: &SyncOptions,
         report: &mut Report,
     ) -> Result<FileResults, Error> {
-        let mut results: Vec<Option<Result<(Meta, Meta), Error>>> =
+        let mut results: Vec<Option<Result<(Meta, Meta, Hash), Error>>> =
             items.iter().map(|_| None).collect();
-        let mut staged: Vec<(usize, crate::fsops::Sealed, Meta)> = Vec::new();
+        let mut staged: Vec<(usize, crate::fsops::Sealed, (Meta, Hash))> = Vec::new();
         let mut staged_bytes = 0u64;
         let fsync = self.local_fsync;
-        let commit = |staged: &mut Vec<(usize, crate::fsops::Sealed, Meta)>,
-                      results: &mut Vec<Option<Result<(Meta, Meta), Error>>>| {
-            let (idx, rest): (Vec<usize>, Vec<(crate::fsops::Sealed, Meta)>) =
-                std::mem::take(staged)
+        let commit =
+            |staged: &mut Vec<(usize, crate::fsops::Sealed, (Meta, Hash))>,
+             results: &mut Vec<Option<Result<(Meta, Meta, Hash), Error>>>| {
+                let (idx, rest): (Vec<usize>, Vec<(crate::fsops::Sealed, (Meta, Hash))>) =
+                    std::mem::take(staged)
+                        .into_iter()
+                        .map(|(i, s, m)| (i, (s, m)))
+                        .unzip();
+                let (sealed, metas): (Vec<_>, Vec<_>) = rest.into_iter().unzip();
+                for ((i, r), m) in idx
                     .into_iter()
-                    .map(|(i, s, m)| (i, (s, m)))
-                    .unzip();
-            let (sealed, metas): (Vec<_>, Vec<_>) = rest.into_iter().unzip();
-            for ((i, r), m) in idx
-                .into_iter()
-                .zip(crate::fsops::commit(sealed, fsync))
-                .zip(metas)
-            {
-                results[i] = Some(r.map(|l| (l, m)));
-            }
-        };
+                    .zip(crate::fsops::commit(sealed, fsync))
+                    .zip(metas)
+                {
+                    results[i] = Some(r.map(|l| (l, m.0, m.1)));
+                }
+            };
         let mut retry = Vec::new();
         let mut first_pass = true;
         let all: Vec<usize> = (0..items.len()).collect();
@@ -1398,7 +1457,7 @@ impl Session {
         it: &FileCopy,
         bs: u32,
         report: &mut Report,
-    ) -> Result<Result<(crate::fsops::Sealed, Meta), Error>, Error> {
+    ) -> Result<Result<(crate::fsops::Sealed, (Meta, Hash)), Error>, Error> {
         let mut put =
             self.local
                 .begin_put(&it.path, it.dest.clone(), bs, it.src.exec, it.src.mtime_ns);
@@ -1428,7 +1487,7 @@ impl Session {
                     return Ok(p.seal(&hash).map(|sealed| {
                         report.literal_bytes += written - copied;
                         report.matched_bytes += copied;
-                        (sealed, meta)
+                        (sealed, (meta, hash))
                     }));
                 }
                 r @ Response::Err { .. } => return Ok(Err(self.conn.peer_error(r))),
@@ -1439,13 +1498,19 @@ impl Session {
 }
 
 /// Per-file results: (local meta, remote meta) or the error.
-type FileResults = Vec<Result<(Meta, Meta), Error>>;
+type FileResults = Vec<Result<(Meta, Meta, Hash), Error>>;
 
 #[derive(Debug, Clone)]
 struct FileCopy {
     path: Vec<u8>,
     src: Meta,
     dest: Option<Meta>,
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 fn steps_touch(steps: &[Step], p: &[u8]) -> bool {

@@ -271,3 +271,28 @@ fn exec_bit_and_mtime_changes_propagate() {
     assert_eq!(mode & 0o7000, 0, "never setuid/setgid/sticky");
     assert_eq!(mtime(&a.path().join("tool")), mtime(&b.path().join("tool")));
 }
+
+#[test]
+fn same_size_edit_within_the_same_mtime_tick_is_seen() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    write(a.path(), "racy.txt", b"version 1");
+    sync(a.path(), b.path());
+    // Same size, same mtime: only the content differs (as when an editor
+    // saves twice within one timestamp tick right after a sync).
+    let p = b.path().join("racy.txt");
+    let before = mtime(&p);
+    std::fs::write(&p, b"version 2").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_modified(before)
+        .unwrap();
+    let r = sync(a.path(), b.path());
+    assert_eq!(r.files_received, 1, "{r:?}");
+    assert_eq!(
+        std::fs::read(a.path().join("racy.txt")).unwrap(),
+        b"version 2"
+    );
+}
