@@ -76,7 +76,7 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
             ms(f.p50),
             "ms",
         )
-        .goal("≤ 3× (also parses package.json, writes the registry)"),
+        .goal("≤ 3× (also parses package.json, loads and merges the registry)"),
     );
 
     // Three listening dev servers under the root.
