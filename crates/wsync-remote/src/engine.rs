@@ -770,7 +770,7 @@ impl Session {
         state: &State,
         local: &Tree,
         remote: &Tree,
-    ) -> Result<(BTreeSet<Vec<u8>>, BTreeSet<Vec<u8>>), Error> {
+    ) -> Result<(PathSet, PathSet), Error> {
         let mut lset = BTreeSet::new();
         let mut rset = BTreeSet::new();
         let mut remote_check: Vec<(Vec<u8>, Hash)> = Vec::new();
@@ -1128,8 +1128,7 @@ impl Session {
             Put(usize, bool),
         }
         let n = items.len();
-        let mut results: Vec<Option<Result<(Meta, Meta, Hash), Error>>> =
-            (0..n).map(|_| None).collect();
+        let mut results: Vec<Option<Result<Synced, Error>>> = (0..n).map(|_| None).collect();
         let mut sent_meta: Vec<Option<(Meta, Hash)>> = vec![None; n];
         let mut local_err: Vec<Option<Error>> = (0..n).map(|_| None).collect();
         let mut sigs: HashMap<usize, Signature> = HashMap::new();
@@ -1139,7 +1138,7 @@ impl Session {
         let handle = |this: &Self,
                       pending: &mut VecDeque<Pending>,
                       sigs: &mut HashMap<usize, Signature>,
-                      results: &mut Vec<Option<Result<(Meta, Meta, Hash), Error>>>,
+                      results: &mut Vec<Option<Result<Synced, Error>>>,
                       sent_meta: &mut Vec<Option<(Meta, Hash)>>,
                       local_err: &mut Vec<Option<Error>>,
                       retry: &mut Vec<usize>|
@@ -1353,28 +1352,26 @@ impl Session {
         opts: &SyncOptions,
         report: &mut Report,
     ) -> Result<FileResults, Error> {
-        let mut results: Vec<Option<Result<(Meta, Meta, Hash), Error>>> =
-            items.iter().map(|_| None).collect();
+        let mut results: Vec<Option<Result<Synced, Error>>> = items.iter().map(|_| None).collect();
         let mut staged: Vec<(usize, crate::fsops::Sealed, (Meta, Hash))> = Vec::new();
         let mut staged_bytes = 0u64;
         let fsync = self.local_fsync;
-        let commit =
-            |staged: &mut Vec<(usize, crate::fsops::Sealed, (Meta, Hash))>,
-             results: &mut Vec<Option<Result<(Meta, Meta, Hash), Error>>>| {
-                let (idx, rest): (Vec<usize>, Vec<(crate::fsops::Sealed, (Meta, Hash))>) =
-                    std::mem::take(staged)
-                        .into_iter()
-                        .map(|(i, s, m)| (i, (s, m)))
-                        .unzip();
-                let (sealed, metas): (Vec<_>, Vec<_>) = rest.into_iter().unzip();
-                for ((i, r), m) in idx
+        let commit = |staged: &mut Vec<(usize, crate::fsops::Sealed, (Meta, Hash))>,
+                      results: &mut Vec<Option<Result<Synced, Error>>>| {
+            let (idx, rest): (Vec<usize>, Vec<(crate::fsops::Sealed, (Meta, Hash))>) =
+                std::mem::take(staged)
                     .into_iter()
-                    .zip(crate::fsops::commit(sealed, fsync))
-                    .zip(metas)
-                {
-                    results[i] = Some(r.map(|l| (l, m.0, m.1)));
-                }
-            };
+                    .map(|(i, s, m)| (i, (s, m)))
+                    .unzip();
+            let (sealed, metas): (Vec<_>, Vec<_>) = rest.into_iter().unzip();
+            for ((i, r), m) in idx
+                .into_iter()
+                .zip(crate::fsops::commit(sealed, fsync))
+                .zip(metas)
+            {
+                results[i] = Some(r.map(|l| (l, m.0, m.1)));
+            }
+        };
         let mut retry = Vec::new();
         let mut first_pass = true;
         let all: Vec<usize> = (0..items.len()).collect();
@@ -1497,8 +1494,12 @@ impl Session {
     }
 }
 
-/// Per-file results: (local meta, remote meta) or the error.
-type FileResults = Vec<Result<(Meta, Meta, Hash), Error>>;
+/// A file both sides now hold: local meta, remote meta, content BLAKE3.
+type Synced = (Meta, Meta, Hash);
+/// A set of root-relative paths.
+type PathSet = BTreeSet<Vec<u8>>;
+/// Per-file results.
+type FileResults = Vec<Result<Synced, Error>>;
 
 #[derive(Debug, Clone)]
 struct FileCopy {
