@@ -1358,11 +1358,10 @@ impl Session {
         let fsync = self.local_fsync;
         let commit = |staged: &mut Vec<(usize, crate::fsops::Sealed, (Meta, Hash))>,
                       results: &mut Vec<Option<Result<Synced, Error>>>| {
-            let (idx, rest): (Vec<usize>, Vec<(crate::fsops::Sealed, (Meta, Hash))>) =
-                std::mem::take(staged)
-                    .into_iter()
-                    .map(|(i, s, m)| (i, (s, m)))
-                    .unzip();
+            let (idx, rest): (Vec<usize>, Vec<Received>) = std::mem::take(staged)
+                .into_iter()
+                .map(|(i, s, m)| (i, (s, m)))
+                .unzip();
             let (sealed, metas): (Vec<_>, Vec<_>) = rest.into_iter().unzip();
             for ((i, r), m) in idx
                 .into_iter()
@@ -1454,7 +1453,7 @@ impl Session {
         it: &FileCopy,
         bs: u32,
         report: &mut Report,
-    ) -> Result<Result<(crate::fsops::Sealed, (Meta, Hash)), Error>, Error> {
+    ) -> Result<Result<Received, Error>, Error> {
         let mut put =
             self.local
                 .begin_put(&it.path, it.dest.clone(), bs, it.src.exec, it.src.mtime_ns);
@@ -1496,6 +1495,8 @@ impl Session {
 
 /// A file both sides now hold: local meta, remote meta, content BLAKE3.
 type Synced = (Meta, Meta, Hash);
+/// A received file waiting to be committed, with the sender's meta and hash.
+type Received = (crate::fsops::Sealed, (Meta, Hash));
 /// A set of root-relative paths.
 type PathSet = BTreeSet<Vec<u8>>;
 /// Per-file results.
