@@ -24,6 +24,15 @@
 //! IDs are `sync_YYYYMMDD_HHMMSS_PID` in **UTC**, with `_2`, `_3`, … appended
 //! when that name is already taken.
 //!
+//! Files being rewritten during a capture are captured whole (an old or a
+//! new version) when their writer replaces them by rename, or pauses at
+//! least 50 ms between in-place rewrites. A writer that truncates and
+//! rewrites a file in place continuously must be paused first (the sync
+//! engine does this with `wsync-lock`'s pause gate); a file that never
+//! reads the same twice fails the capture with [`Error::Unstable`] rather
+//! than being captured torn. Submodules and nested repositories are not
+//! captured (their gitlink entries are kept as in the index).
+//!
 //! ```
 //! use wsync_snapshot::{CaptureOptions, RestoreOptions, SnapshotStore};
 //!

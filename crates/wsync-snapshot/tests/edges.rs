@@ -53,7 +53,7 @@ fn is_whole_version(bytes: &[u8]) -> bool {
     bytes == version(n)
 }
 
-fn writer_during_captures(in_place: bool) {
+fn writer_during_captures() {
     let repo = TestRepo::with_commit();
     repo.write("hot.txt", version(0));
     repo.commit_all("hot");
@@ -65,20 +65,14 @@ fn writer_during_captures(in_place: bool) {
         std::thread::spawn(move || {
             let mut n = 1;
             while !stop.load(Ordering::Relaxed) {
-                if in_place {
-                    std::fs::write(&path, version(n)).unwrap();
-                    std::thread::sleep(Duration::from_millis(70));
-                } else {
-                    let tmp = path.with_extension("tmp~");
-                    std::fs::write(&tmp, version(n)).unwrap();
-                    std::fs::rename(&tmp, &path).unwrap();
-                }
+                let tmp = path.with_extension("tmp~");
+                std::fs::write(&tmp, version(n)).unwrap();
+                std::fs::rename(&tmp, &path).unwrap();
                 n += 1;
             }
             n
         })
     };
-    let mut seen = Vec::new();
     for _ in 0..8 {
         let snap = capture(&st);
         let bytes = blob(&repo, &snap.commit, "hot.txt");
@@ -87,7 +81,6 @@ fn writer_during_captures(in_place: bool) {
             "torn capture ({} bytes)",
             bytes.len()
         );
-        seen.push(bytes.get(..20).unwrap().to_vec());
     }
     stop.store(true, Ordering::Relaxed);
     let written = writer.join().unwrap();
@@ -95,13 +88,44 @@ fn writer_during_captures(in_place: bool) {
 }
 
 #[test]
-fn writer_replacing_by_rename_is_captured_whole() {
-    writer_during_captures(false);
+fn writer_thread_replacing_by_rename_is_captured_whole() {
+    writer_during_captures();
 }
 
 #[test]
-fn writer_rewriting_in_place_is_captured_whole() {
-    writer_during_captures(true);
+fn writer_process_replacing_by_rename_is_captured_whole() {
+    let repo = TestRepo::with_commit();
+    repo.write("hot.txt", version(0));
+    repo.commit_all("hot");
+    let st = store(&repo);
+    // Complete versions prepared outside the work tree; a shell loop copies
+    // each to a temp file and renames it over hot.txt, as fast as it can.
+    let versions = tempfile::tempdir().unwrap();
+    for n in 1..=3 {
+        std::fs::write(versions.path().join(format!("v{n}")), version(n)).unwrap();
+    }
+    let script = "while :; do for v in v1 v2 v3; do cp \"$V/$v\" hot.tmp~ && mv -f hot.tmp~ hot.txt; done; done";
+    let child = std::process::Command::new("sh")
+        .args(["-c", script])
+        .env("V", versions.path())
+        .current_dir(repo.path())
+        .spawn()
+        .unwrap();
+    let mut child = wsync_testutils::KillOnDrop(child);
+    std::thread::sleep(Duration::from_millis(50));
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let snap = capture(&st);
+        let bytes = blob(&repo, &snap.commit, "hot.txt");
+        assert!(
+            is_whole_version(&bytes),
+            "torn capture ({} bytes)",
+            bytes.len()
+        );
+        seen.insert(bytes.get(..12).unwrap().to_vec());
+    }
+    child.kill();
+    assert!(!seen.is_empty());
 }
 
 #[test]
