@@ -289,7 +289,7 @@ pub fn read_preamble<R: Read>(r: &mut R) -> io::Result<Preamble> {
 /// Encodes a message into one frame (header included).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let raw = postcard::to_stdvec(msg).map_err(|e| FrameError::Malformed(e.to_string()))?;
-    let (flags, payload) = if raw.len() >= COMPRESS_MIN {
+    let (flags, payload) = if raw.len() >= COMPRESS_MIN && looks_compressible(&raw) {
         match zstd::bulk::compress(&raw, 1) {
             Ok(c) if c.len() < raw.len() => (FLAG_ZSTD, c),
             _ => (0, raw),
@@ -308,6 +308,18 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     out.push(flags);
     out.extend_from_slice(&payload);
     Ok(out)
+}
+
+/// For large payloads, compresses a sample first: random or already
+/// compressed data (media, archives) is sent as is instead of burning CPU.
+fn looks_compressible(raw: &[u8]) -> bool {
+    const SAMPLE: usize = 16 * 1024;
+    if raw.len() < 4 * SAMPLE {
+        return true;
+    }
+    let mid = raw.len() / 2;
+    let sample = &raw[mid - SAMPLE / 2..mid + SAMPLE / 2];
+    zstd::bulk::compress(sample, 1).is_ok_and(|c| c.len() < SAMPLE * 15 / 16)
 }
 
 /// Writes one message as a frame; returns the bytes written.
