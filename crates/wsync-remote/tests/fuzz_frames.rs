@@ -50,10 +50,8 @@ fn request() -> impl Strategy<Value = Request> {
         }),
         proptest::collection::vec(any::<u8>(), 0..64)
             .prop_map(|d| Request::PutOps(vec![Op::Literal(d)])),
-        (any::<u64>(), any::<u32>()).prop_map(|(index, count)| Request::PutOps(vec![Op::Copy {
-            index,
-            count
-        }])),
+        (any::<u64>(), any::<u32>())
+            .prop_map(|(index, count)| Request::PutOps(vec![Op::Copy { index, count }])),
         any::<[u8; 32]>().prop_map(|hash| Request::PutEnd { hash }),
         p().prop_map(|path| Request::Mkdir { path, expect: None }),
         (p(), p()).prop_map(|(path, target)| Request::Symlink {
@@ -73,7 +71,10 @@ fn request() -> impl Strategy<Value = Request> {
         p().prop_map(|path| Request::Sigs { path }),
         p().prop_map(|path| Request::Hash { path }),
         "[a-z./]{0,10}".prop_map(|pair| Request::StateGet { pair }),
-        ("[a-z./]{0,10}", proptest::collection::vec(any::<u8>(), 0..16))
+        (
+            "[a-z./]{0,10}",
+            proptest::collection::vec(any::<u8>(), 0..16)
+        )
             .prop_map(|(pair, data)| Request::StatePut { pair, data }),
         Just(Request::Scan {
             excludes: vec!["*.tmp".into(), "[".into()],
