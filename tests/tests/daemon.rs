@@ -255,3 +255,32 @@ fn health_reports_every_check_and_fails_on_a_broken_repository() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL repository"));
 }
+
+#[test]
+fn logs_follow_prints_new_lines_as_they_come() {
+    use std::io::{BufRead as _, BufReader};
+    let repo = TestRepo::with_commit();
+    wsync_ok(repo.path(), &["init"]);
+    let log = repo.path().join(".wsync/daemon.log");
+    std::fs::write(&log, "old line\n").unwrap();
+    let mut child = KillOnDrop(
+        wsync_cmd(repo.path())
+            .args(["daemon", "logs", "-f", "-n", "1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(child.0.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "old line\n");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut f, b"new line\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "new line\n");
+    nix_kill(child.id(), "-INT");
+    assert!(child.0.wait().unwrap().success());
+}

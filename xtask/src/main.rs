@@ -8,6 +8,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
+mod chaos;
 mod fuzz;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +30,8 @@ enum Cmd {
     Ci,
     /// Run benchmarks (all when no name is given).
     Bench(bench::BenchArgs),
+    /// Crash injection: SIGKILL wsync at random instants, check recovery.
+    Chaos(chaos::ChaosArgs),
     /// In-process fuzzers (stable toolchain): `--minutes M`, `--target T`.
     Fuzz(fuzz::FuzzArgs),
 }
@@ -39,6 +42,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Ci => ci(&root),
         Cmd::Bench(args) => bench::run(&root, &args),
+        Cmd::Chaos(args) => chaos::run(&root, &args),
         Cmd::Fuzz(args) => fuzz::run(&root, &args),
     }
 }
