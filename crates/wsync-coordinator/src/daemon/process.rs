@@ -269,13 +269,14 @@ impl Processor {
         let ctx = RunContext {
             cancel: cancel.clone(),
         };
-        self.limiter.record_sync()?;
         let start = std::time::Instant::now();
         let outcome = runner.run(&entry, &ctx);
         let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let now = self.clock.now();
         Ok(Some(match outcome {
             RunOutcome::Synced { committed, detail } => {
+                // Only runs that did git work count against the limits.
+                self.limiter.record_sync()?;
                 self.breaker.record_success()?;
                 if committed {
                     self.limiter.record_commit(auto)?;
@@ -322,6 +323,7 @@ impl Processor {
                 processed(&entry, "interrupted", error, Some(now), ms)
             }
             RunOutcome::Failed { error } => {
+                self.limiter.record_sync()?;
                 let st = self.breaker.record_failure(&error)?;
                 tracing::warn!(id = %entry.id, attempts = entry.attempts, circuit = ?st.state, "sync failed: {error}");
                 if entry.attempts >= self.retry.max_attempts.max(1) {
@@ -484,6 +486,28 @@ mod tests {
             "done"
         );
         assert_eq!(p.breaker().status().unwrap().consecutive_failures, 0);
+    }
+
+    #[test]
+    fn skipped_and_busy_runs_do_not_spend_the_burst() {
+        let (_d, p, clock) = setup(RateLimitConfig::default(), RetryConfig::default());
+        let mut skip = |_: &QueueEntry, _: &RunContext| RunOutcome::Skipped {
+            detail: "no user changes".into(),
+        };
+        for i in 0..5 {
+            p.queue()
+                .enqueue(&SyncRequest::new(
+                    "watch",
+                    format!("w{i}"),
+                    Priority::High,
+                    "",
+                ))
+                .unwrap();
+            clock.advance(Duration::from_millis(5));
+        }
+        let done = p.drain(&mut skip, &no_cancel(), 100).unwrap();
+        assert!(done.iter().all(|d| d.outcome == "skipped"), "{done:?}");
+        assert_eq!(p.limiter().status().unwrap().syncs_last_hour, 0);
     }
 
     #[test]
