@@ -324,3 +324,52 @@ fn watch_propagates_both_ways() {
         .join("start.txt")
         .exists()));
 }
+
+/// Pids of `wsync serve` processes serving `root`.
+fn serve_pids(root: &Path) -> Vec<u32> {
+    let needle = root.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let args: Vec<String> = c
+                    .split(|&b| b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                args.iter().any(|a| a == "serve") && args.iter().any(|a| *a == needle)
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn watch_reconnects_after_the_peer_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    write(&a, "first.txt", b"1");
+    std::fs::create_dir_all(&b).unwrap();
+    let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let child = wsync_cmd(dir.path())
+        .args(["remote", "watch", a_s, b_s])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _child = KillOnDrop(child);
+    assert!(wait_until(Duration::from_secs(20), || b
+        .join("first.txt")
+        .exists()));
+    assert!(wait_until(Duration::from_secs(10), || serve_pids(&b).len() >= 2));
+    // The connection drops: both peer processes die.
+    for pid in serve_pids(&b) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    write(&a, "after.txt", b"2");
+    assert!(
+        wait_until(Duration::from_secs(30), || b.join("after.txt").exists()),
+        "watch did not reconnect"
+    );
+}

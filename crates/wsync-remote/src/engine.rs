@@ -412,14 +412,28 @@ impl Session {
         v
     }
 
-    fn scan_both(&self, opts: &SyncOptions) -> Result<(Tree, Tree), Error> {
+    fn scan_both(
+        &self,
+        opts: &SyncOptions,
+        scope: Option<&[Vec<u8>]>,
+    ) -> Result<(Tree, Tree), Error> {
         let patterns = self.all_excludes(opts);
-        self.conn.send(&Request::Scan {
-            excludes: patterns.clone(),
-            include_vcs: opts.include_vcs,
+        self.conn.send(&match scope {
+            None => Request::Scan {
+                excludes: patterns.clone(),
+                include_vcs: opts.include_vcs,
+            },
+            Some(paths) => Request::ScanPaths {
+                paths: paths.to_vec(),
+                excludes: patterns.clone(),
+                include_vcs: opts.include_vcs,
+            },
         })?;
         let ex = Excludes::new(self.local.path(), &patterns, opts.include_vcs, false)?;
-        let (exists, list) = self.local.scan(&ex)?;
+        let (exists, list) = match scope {
+            None => self.local.scan(&ex)?,
+            Some(paths) => self.local.scan_paths(&ex, paths)?,
+        };
         let local = Tree {
             exists,
             entries: list.into_iter().map(|e| (e.path, e.meta)).collect(),
@@ -470,7 +484,7 @@ impl Session {
     }
 
     fn one_way(&mut self, from: Side, opts: &SyncOptions) -> Result<Report, Error> {
-        let (local, remote) = self.scan_both(opts)?;
+        let (local, remote) = self.scan_both(opts, None)?;
         let (src, dst) = match from {
             Side::Local => (&local, &remote),
             Side::Remote => (&remote, &local),
@@ -587,9 +601,32 @@ impl Session {
 
     /// Three-way sync against the last synced state of this pair.
     pub fn sync(&mut self, opts: &SyncOptions) -> Result<Report, Error> {
+        self.sync_scoped(opts, None)
+    }
+
+    /// Like [`Session::sync`], limited to `paths` (root-relative; folders
+    /// with their subtrees), e.g. the paths a watcher reported. Everything
+    /// else, and its state, is left as it is. A round that would delete
+    /// many entries becomes a full round (with the mass-deletion guard).
+    pub fn sync_paths(&mut self, opts: &SyncOptions, paths: &[Vec<u8>]) -> Result<Report, Error> {
+        self.sync_scoped(opts, Some(paths))
+    }
+
+    fn sync_scoped(
+        &mut self,
+        opts: &SyncOptions,
+        scope: Option<&[Vec<u8>]>,
+    ) -> Result<Report, Error> {
+        let in_scope = |p: &[u8]| {
+            scope.is_none_or(|sc| {
+                sc.iter().any(|d| {
+                    p == d.as_slice() || (p.starts_with(d) && p.get(d.len()) == Some(&b'/'))
+                })
+            })
+        };
         let (state, known_files) = self.load_state()?;
-        let (local, remote) = self.scan_both(opts)?;
-        if known_files > 0 && !opts.allow_mass_delete {
+        let (local, remote) = self.scan_both(opts, scope)?;
+        if scope.is_none() && known_files > 0 && !opts.allow_mass_delete {
             for (side, tree) in [(Side::Local, &local), (Side::Remote, &remote)] {
                 if !tree.exists || tree.entries.is_empty() {
                     return Err(Error::MassDelete {
@@ -615,7 +652,7 @@ impl Session {
         let mut compare: Vec<(Vec<u8>, Meta, Meta)> = Vec::new();
         let mut paths: BTreeSet<&Vec<u8>> = local.entries.keys().collect();
         paths.extend(remote.entries.keys());
-        paths.extend(state.keys());
+        paths.extend(state.keys().filter(|p| in_scope(p)));
         let now = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
         for p in paths {
             let l = local.entries.get(p);
@@ -717,6 +754,13 @@ impl Session {
             }
         }
         keep_nonempty_dirs(&mut steps, &local, &remote);
+        let deletions = steps
+            .iter()
+            .filter(|s| matches!(s, Step::Delete { .. }))
+            .count();
+        if scope.is_some() && deletions > 100 {
+            return self.sync_scoped(opts, None);
+        }
         report.plan = steps.iter().map(Step::plan_item).collect();
         for st in &steps {
             match st {
@@ -748,7 +792,8 @@ impl Session {
         }
         // Both sides deleted, or excluded now: forget.
         next.retain(|p, _| {
-            local.entries.contains_key(p)
+            !in_scope(p)
+                || local.entries.contains_key(p)
                 || remote.entries.contains_key(p)
                 || steps_touch(&steps, p)
         });

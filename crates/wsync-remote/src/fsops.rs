@@ -545,7 +545,51 @@ impl Root {
             return Ok((false, Vec::new()));
         }
         let mut out = Vec::new();
-        let mut stack: Vec<(PathBuf, Vec<u8>)> = vec![(self.path.clone(), Vec::new())];
+        self.walk(ex, self.path.clone(), Vec::new(), &mut out)?;
+        out.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        Ok((true, out))
+    }
+
+    /// Lists only `paths` (and the subtree of those that are folders),
+    /// sorted and without duplicates; invalid, excluded or unreachable
+    /// paths are skipped (they are simply not there).
+    pub fn scan_paths(
+        &self,
+        ex: &Excludes,
+        paths: &[Vec<u8>],
+    ) -> Result<(bool, Vec<Entry>), Error> {
+        if !self.exists() {
+            return Ok((false, Vec::new()));
+        }
+        let mut out = Vec::new();
+        for rel in paths {
+            let Ok(meta) = self.lstat(rel) else { continue };
+            let Some(meta) = meta else { continue };
+            if ex.excluded_any(rel, meta.kind == Kind::Dir) {
+                continue;
+            }
+            if meta.kind == Kind::Dir {
+                let full = self.resolve(rel, false)?;
+                self.walk(ex, full, rel.clone(), &mut out)?;
+            }
+            out.push(Entry {
+                path: rel.clone(),
+                meta,
+            });
+        }
+        out.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        out.dedup_by(|a, b| a.path == b.path);
+        Ok((true, out))
+    }
+
+    fn walk(
+        &self,
+        ex: &Excludes,
+        start: PathBuf,
+        start_rel: Vec<u8>,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), Error> {
+        let mut stack: Vec<(PathBuf, Vec<u8>)> = vec![(start, start_rel)];
         while let Some((dir, rel)) = stack.pop() {
             let rd = match fs::read_dir(&dir) {
                 Ok(rd) => rd,
@@ -603,8 +647,7 @@ impl Root {
                 out.push(Entry { path: child, meta });
             }
         }
-        out.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-        Ok((true, out))
+        Ok(())
     }
 
     /// Validates `rel`, checks (and with `create`, makes) every parent

@@ -237,6 +237,28 @@ pub fn serve<R: Read + Send + 'static, W: Write>(
                     Err(e) => send(&mut out, &err_response(b"", &e))?,
                 }
             }
+            Request::ScanPaths {
+                paths,
+                excludes,
+                include_vcs,
+            } => {
+                let scanned = Excludes::new(root.path(), &excludes, include_vcs, false)
+                    .and_then(|ex| root.scan_paths(&ex, &paths));
+                match scanned {
+                    Ok((exists, entries)) => {
+                        for chunk in entries.chunks(SCAN_CHUNK) {
+                            send(&mut out, &Response::ScanChunk(chunk.to_vec()))?;
+                        }
+                        send(
+                            &mut out,
+                            &Response::ScanEnd {
+                                root_exists: exists,
+                            },
+                        )?;
+                    }
+                    Err(e) => send(&mut out, &err_response(b"", &e))?,
+                }
+            }
             Request::Sigs { path } => {
                 let r = match root.signature(&path) {
                     Ok((sig, _)) => Response::Sigs(sig),

@@ -55,21 +55,29 @@ pub enum WatchEvent<'a> {
 }
 
 enum Wake {
-    Local,
-    Remote,
+    /// Changed root-relative paths (None: rescan everything).
+    Local(Option<Vec<Vec<u8>>>),
+    /// Changed root-relative paths (empty: rescan everything).
+    Remote(Vec<Vec<u8>>),
     RemoteGone,
 }
 
-fn interesting(root: &Path, p: &Path) -> bool {
-    let Ok(rel) = p.strip_prefix(root) else {
-        return true;
-    };
+/// Most paths a round syncs one by one; more make it a full round.
+const MAX_SCOPED: usize = 500;
+
+/// The root-relative path of an event path, unless it is wsync's own
+/// (state folder, temp files) or the root itself.
+fn relevant(root: &Path, p: &Path) -> Option<Vec<u8>> {
+    let rel = p.strip_prefix(root).ok()?;
     let bytes = std::os::unix::ffi::OsStrExt::as_bytes(rel.as_os_str());
-    if bytes == STATE_DIR.as_bytes() || bytes.starts_with(format!("{STATE_DIR}/").as_bytes()) {
-        return false;
+    if bytes.is_empty()
+        || bytes == STATE_DIR.as_bytes()
+        || bytes.starts_with(format!("{STATE_DIR}/").as_bytes())
+    {
+        return None;
     }
     let name = bytes.rsplit(|&b| b == b'/').next().unwrap_or(bytes);
-    !name.starts_with(TMP_PREFIX.as_bytes())
+    (!name.starts_with(TMP_PREFIX.as_bytes())).then(|| bytes.to_vec())
 }
 
 /// Syncs `local` with `peer` now and after every change on either side,
@@ -85,27 +93,35 @@ pub fn watch(
     use notify::Watcher as _;
     let (tx, rx) = mpsc::channel::<Wake>();
     let ltx = tx.clone();
+    std::fs::create_dir_all(local).map_err(|source| Error::Io {
+        path: local.to_path_buf(),
+        source,
+    })?;
     let root = std::fs::canonicalize(local).unwrap_or_else(|_| local.to_path_buf());
     let root2 = root.clone();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         let wake = match ev {
-            Ok(ev) => ev.need_rescan() || ev.paths.iter().any(|p| interesting(&root2, p)),
-            Err(_) => true,
+            Ok(ev) if ev.need_rescan() => Some(Wake::Local(None)),
+            Ok(ev) => {
+                let paths: Vec<Vec<u8>> = ev
+                    .paths
+                    .iter()
+                    .filter_map(|p| relevant(&root2, p))
+                    .collect();
+                (!paths.is_empty()).then_some(Wake::Local(Some(paths)))
+            }
+            Err(_) => Some(Wake::Local(None)),
         };
-        if wake {
-            let _ = ltx.send(Wake::Local);
+        if let Some(w) = wake {
+            let _ = ltx.send(w);
         }
     })
     .map_err(|source| Error::Watch {
         path: local.to_path_buf(),
         source,
     })?;
-    std::fs::create_dir_all(local).map_err(|source| Error::Io {
-        path: local.to_path_buf(),
-        source,
-    })?;
     watcher
-        .watch(local, notify::RecursiveMode::Recursive)
+        .watch(&root, notify::RecursiveMode::Recursive)
         .map_err(|source| Error::Watch {
             path: local.to_path_buf(),
             source,
@@ -138,8 +154,8 @@ pub fn watch(
         std::thread::spawn(move || {
             loop {
                 match notices.recv() {
-                    Ok(Response::Notice(_)) => {
-                        if rtx.send(Wake::Remote).is_err() {
+                    Ok(Response::Notice(paths)) => {
+                        if rtx.send(Wake::Remote(paths)).is_err() {
                             break;
                         }
                     }
@@ -154,8 +170,18 @@ pub fn watch(
         // Drop wakes from before this connection.
         while rx.try_recv().is_ok() {}
         let mut lost: Option<Error> = None;
+        let mut full = true;
+        let mut dirty: std::collections::BTreeSet<Vec<u8>> = std::collections::BTreeSet::new();
         loop {
-            match session.sync(&opts.sync) {
+            let round = if full || dirty.len() > MAX_SCOPED {
+                session.sync(&opts.sync)
+            } else {
+                let paths: Vec<Vec<u8>> = std::mem::take(&mut dirty).into_iter().collect();
+                session.sync_paths(&opts.sync, &paths)
+            };
+            full = false;
+            dirty.clear();
+            match round {
                 Ok(report) => {
                     backoff = opts.min_backoff;
                     if on_event(WatchEvent::Synced(&report)).is_break() {
@@ -170,26 +196,26 @@ pub fn watch(
             }
             // Wait for a change on either side (or the periodic rescan).
             let deadline = Instant::now() + opts.rescan_every;
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(Wake::RemoteGone) => {
-                    lost = Some(Error::Protocol {
+            let mut absorb = |w: Wake, lost: &mut Option<Error>| match w {
+                Wake::RemoteGone => {
+                    *lost = Some(Error::Protocol {
                         peer: session.conn().peer().to_owned(),
                         what: "the watch connection closed".into(),
                     });
-                    break;
                 }
-                Ok(Wake::Local | Wake::Remote) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Wake::Local(None) => full = true,
+                Wake::Remote(paths) if paths.is_empty() => full = true,
+                Wake::Local(Some(paths)) | Wake::Remote(paths) => dirty.extend(paths),
+            };
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(w) => absorb(w, &mut lost),
+                Err(mpsc::RecvTimeoutError::Timeout) => absorb(Wake::Local(None), &mut lost),
                 Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
             }
             // Coalesce a burst of events.
             std::thread::sleep(opts.debounce);
             while let Ok(w) = rx.try_recv() {
-                if matches!(w, Wake::RemoteGone) {
-                    lost = Some(Error::Protocol {
-                        peer: session.conn().peer().to_owned(),
-                        what: "the watch connection closed".into(),
-                    });
-                }
+                absorb(w, &mut lost);
             }
             if lost.is_some() {
                 break;

@@ -86,6 +86,16 @@ pub enum Request {
         /// Do not exclude VCS folders.
         include_vcs: bool,
     },
+    /// List only these paths (and the subtrees of folders among them).
+    /// Answer: `ScanChunk`* then `ScanEnd`.
+    ScanPaths {
+        /// Root-relative paths.
+        paths: Vec<Vec<u8>>,
+        /// Extra gitignore-style exclude patterns.
+        excludes: Vec<String>,
+        /// Do not exclude VCS folders.
+        include_vcs: bool,
+    },
     /// Block signature of a file. Answer: `Sigs`.
     Sigs {
         /// The file.

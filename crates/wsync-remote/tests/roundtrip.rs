@@ -296,3 +296,40 @@ fn same_size_edit_within_the_same_mtime_tick_is_seen() {
         b"version 2"
     );
 }
+
+#[test]
+fn scoped_rounds_touch_only_their_paths() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    write(a.path(), "in/one.txt", b"1");
+    write(a.path(), "in/deep/two.txt", b"2");
+    write(a.path(), "out.txt", b"o");
+    sync(a.path(), b.path());
+    write(a.path(), "in/deep/two.txt", b"2 edited");
+    write(a.path(), "out.txt", b"o edited");
+    std::fs::remove_file(b.path().join("in/one.txt")).unwrap();
+    let mut s = session(a.path(), b.path());
+    let r = s
+        .sync_paths(&SyncOptions::default(), &[b"in".to_vec()])
+        .unwrap();
+    assert!(r.errors.is_empty(), "{r:?}");
+    assert_eq!(
+        std::fs::read(b.path().join("in/deep/two.txt")).unwrap(),
+        b"2 edited"
+    );
+    assert!(
+        !a.path().join("in/one.txt").exists(),
+        "the deletion inside the scope propagated"
+    );
+    assert_eq!(
+        std::fs::read(b.path().join("out.txt")).unwrap(),
+        b"o",
+        "outside the scope"
+    );
+    // A full round afterwards picks up the rest, with nothing lost.
+    let r = s.sync(&SyncOptions::default()).unwrap();
+    assert_eq!(r.files_sent, 1, "{r:?}");
+    assert!(r.conflicts.is_empty());
+    s.close().unwrap();
+    assert_eq!(snapshot(a.path()), snapshot(b.path()));
+}
