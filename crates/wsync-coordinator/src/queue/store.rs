@@ -5,7 +5,6 @@
 //! at any instant leaves either the old or the new file.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -85,30 +84,9 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 }
 
 /// Writes `bytes` to `path`: temp file in the same folder, fsync, rename,
-/// folder fsync.
+/// folder fsync (the crate's one implementation).
 pub(crate) fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io_err(path, std::io::Error::other("path has no parent folder")))?;
-    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_err(path, e));
-    }
-    Ok(())
+    crate::fsutil::write_atomic(path, bytes)
 }
 
 /// Moves a corrupt state file aside as `<name>.corrupt-<UTC timestamp>` and
@@ -138,9 +116,7 @@ pub(crate) fn quarantine(
     }
     std::fs::rename(path, &target).map_err(|e| io_err(path, e))?;
     if let Some(dir) = path.parent() {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_err(dir, e))?;
+        crate::fsutil::sync_dir(dir)?;
     }
     Ok(Some(target))
 }
@@ -163,16 +139,8 @@ pub(crate) fn recover<T: DeserializeOwned>(
 
 /// Appends one JSON line to `path` (created if missing) and fsyncs it.
 pub(crate) fn append_jsonl<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let mut line = serde_json::to_vec(value).map_err(|e| io_err(path, std::io::Error::other(e)))?;
-    line.push(b'\n');
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| io_err(path, e))?;
-    f.write_all(&line)
-        .and_then(|()| f.sync_data())
-        .map_err(|e| io_err(path, e))
+    let line = serde_json::to_string(value).map_err(|e| io_err(path, std::io::Error::other(e)))?;
+    crate::fsutil::append_line(path, &line)
 }
 
 #[cfg(test)]
