@@ -216,6 +216,25 @@ fn over_real_sshd() {
     };
     run("push", &a);
     assert_eq!(without_target(snap(&a)), snap(&b));
+    // Reusing one ssh connection across runs (ControlMaster).
+    for _ in 0..2 {
+        write(&a, "reuse.txt", b"again");
+        wsync_ok(
+            dir.path(),
+            &[
+                "remote",
+                "push",
+                a.to_str().unwrap(),
+                &peer,
+                "--rsh",
+                &rsh,
+                "--remote-wsync",
+                bin.to_str().unwrap(),
+                "--ssh-reuse",
+            ],
+        );
+    }
+    assert!(b.join("reuse.txt").exists());
     run("pull", &c);
     assert_eq!(snap(&c), snap(&b));
     // Two-way over ssh: an edit, a deletion and a conflict.

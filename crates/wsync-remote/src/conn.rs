@@ -85,6 +85,10 @@ pub struct ConnectOptions {
     pub local_wsync: Option<PathBuf>,
     /// Extra arguments for `wsync serve` (e.g. `--no-fsync` in benchmarks).
     pub serve_args: Vec<String>,
+    /// Share one ssh connection between runs: a folder for ssh's control
+    /// sockets (`ControlMaster=auto`, `ControlPersist=60`). Only applied
+    /// when the remote shell is `ssh`.
+    pub ssh_control_dir: Option<PathBuf>,
 }
 
 fn sh_quote(s: &str) -> String {
@@ -112,10 +116,20 @@ pub fn serve_command(peer: &PeerSpec, opts: &ConnectOptions) -> Result<Command, 
                 .map(sh_quote)
                 .collect::<Vec<_>>()
                 .join(" ");
-            let rsh = opts
+            let mut rsh = opts
                 .rsh
                 .clone()
                 .unwrap_or_else(|| "ssh -o BatchMode=yes".to_owned());
+            let is_ssh = rsh
+                .split_whitespace()
+                .next()
+                .is_some_and(|prog| prog == "ssh" || prog.ends_with("/ssh"));
+            if let Some(dir) = opts.ssh_control_dir.as_ref().filter(|_| is_ssh) {
+                rsh.push_str(&format!(
+                    " -o ControlMaster=auto -o ControlPersist=60 -o ControlPath={}",
+                    sh_quote(&format!("{}/%C", dir.display()))
+                ));
+            }
             let mut cmd = Command::new("sh");
             cmd.arg("-c")
                 .arg(format!("{rsh} \"$@\""))

@@ -46,7 +46,11 @@ fn generate(root: &Path, files: usize, rng: &mut Rng) -> Result<(usize, u64, Pat
     while blob.len() < 1 << 21 {
         let w = WORDS[(rng.next() % WORDS.len() as u64) as usize];
         blob.push_str(w);
-        blob.push(if rng.next().is_multiple_of(12) { '\n' } else { ' ' });
+        blob.push(if rng.next().is_multiple_of(12) {
+            '\n'
+        } else {
+            ' '
+        });
     }
     let blob = blob.into_bytes();
     let mut total = 0u64;
@@ -269,9 +273,22 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
     let (tw, _) = exec(env.wsync("push", &src, &dw, &[]), "wsync push")?;
     let (tr, _) = exec(env.rsync(&src, &dr, &[]), "rsync -a")?;
     let (tu, _) = exec(env.unison(&src, &du), "unison")?;
+    let dnf = w.join("dst-wsync-nofsync");
+    let (tnf, _) = exec(
+        env.wsync("push", &src, &dnf, &["--no-fsync"]),
+        "wsync push --no-fsync",
+    )?;
+    std::fs::remove_dir_all(&dnf)?;
     let label = format!("initial copy ({n} files, {:.0} MB)", bytes as f64 / 1e6);
     rows.push(Row::versus(&label, ms(tw), "rsync -a", ms(tr), "ms").goal("≤ 0.8×"));
     rows.push(Row::versus(&label, ms(tw), "unison", ms(tu), "ms"));
+    rows.push(Row::versus(
+        format!("{label}, without fsync (hidden --no-fsync; rsync does not fsync)"),
+        ms(tnf),
+        "rsync -a",
+        ms(tr),
+        "ms",
+    ));
 
     // No-op re-sync.
     let reps = if ctx.quick { 3 } else { 5 };
@@ -284,10 +301,24 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
     };
     let nw = time_reps(&|| env.wsync("push", &src, &dw, &[]), "wsync push")?;
     let nr = time_reps(&|| env.rsync(&src, &dr, &[]), "rsync")?;
+    let nwr = time_reps(
+        &|| env.wsync("push", &src, &dw, &["--ssh-reuse"]),
+        "wsync push --ssh-reuse",
+    )?;
     exec(env.wsync("sync", &src, &dw, &[]), "wsync sync (first)")?;
     let ns = time_reps(&|| env.wsync("sync", &src, &dw, &[]), "wsync sync")?;
     let nu = time_reps(&|| env.unison(&src, &du), "unison")?;
     rows.push(Row::versus("no-op re-sync (push)", ms(nw), "rsync -a", ms(nr), "ms").goal("≤ 0.3×"));
+    rows.push(
+        Row::versus(
+            "no-op re-sync (push, --ssh-reuse: warm ssh connection)",
+            ms(nwr),
+            "rsync -a",
+            ms(nr),
+            "ms",
+        )
+        .goal("≤ 0.3×"),
+    );
     rows.push(Row::versus(
         "no-op re-sync (two-way sync)",
         ms(ns),
@@ -313,8 +344,35 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
         trs.push(t);
         tus.push(exec(env.unison(&src, &du), "unison")?.0);
     }
+    // The same with a warm ssh connection (wsync only; rsync kept in step).
+    let mut twr = Vec::new();
+    for round in 3..6u64 {
+        let mut text = std::fs::read(&small)?;
+        text.extend_from_slice(format!("edit {round}\n").as_bytes());
+        std::fs::write(&small, text)?;
+        flip_byte(&eight, 1_000_003 + round * 2_000_017)?;
+        twr.push(
+            exec(
+                env.wsync("push", &src, &dw, &["--ssh-reuse"]),
+                "wsync push --ssh-reuse",
+            )?
+            .0,
+        );
+        exec(env.rsync(&src, &dr, &[]), "rsync")?;
+        exec(env.unison(&src, &du), "unison")?;
+    }
     brs.sort_by(f64::total_cmp);
     bws.sort_by(f64::total_cmp);
+    rows.push(
+        Row::versus(
+            "small edit + 1 byte in 8 MB: time (--ssh-reuse)",
+            ms(median(twr)),
+            "rsync -a",
+            ms(median(trs.clone())),
+            "ms",
+        )
+        .goal("≤ 0.3×"),
+    );
     rows.push(
         Row::versus(
             "small edit + 1 byte in 8 MB: time",

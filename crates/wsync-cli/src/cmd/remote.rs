@@ -83,9 +83,31 @@ pub struct TransferArgs {
     /// Allow a missing or emptied root to propagate deletions.
     #[arg(long)]
     pub allow_mass_delete: bool,
+    /// Keep the ssh connection open for 60 s and reuse it on the next run
+    /// (ssh ControlMaster); on by default without `--rsh`.
+    #[arg(long, overrides_with = "no_ssh_reuse")]
+    pub ssh_reuse: bool,
+    /// Open a fresh ssh connection every run.
+    #[arg(long)]
+    pub no_ssh_reuse: bool,
     /// Skip fsync on both sides (throwaway data and benchmarks only).
     #[arg(long, hide = true)]
     pub no_fsync: bool,
+}
+
+/// A private folder for ssh control sockets.
+fn ssh_control_dir() -> Option<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
+    let dir = base.join(format!("wsync-ssh-{user}"));
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    // Only a folder of our own, not writable by others.
+    let md = std::fs::symlink_metadata(&dir).ok()?;
+    use std::os::unix::fs::MetadataExt as _;
+    (md.is_dir() && md.mode() & 0o077 == 0).then_some(dir)
 }
 
 /// Runs `wsync serve` on stdin/stdout.
@@ -142,6 +164,11 @@ fn connect_options(t: &TransferArgs) -> Result<ConnectOptions> {
             vec!["--no-fsync".into()]
         } else {
             Vec::new()
+        },
+        ssh_control_dir: if !t.no_ssh_reuse && (t.ssh_reuse || t.rsh.is_none()) {
+            ssh_control_dir()
+        } else {
+            None
         },
     })
 }
@@ -229,7 +256,10 @@ fn print_report(ctx: &Ctx, t: &TransferArgs, report: &Report) -> Result<()> {
             out.push_str(&format!("(dry run: {} actions)\n", report.plan.len()));
         }
         for c in &report.conflicts {
-            out.push_str(&format!("conflict: {} (other version kept as {})\n", c.path, c.copy));
+            out.push_str(&format!(
+                "conflict: {} (other version kept as {})\n",
+                c.path, c.copy
+            ));
         }
         for u in &report.unresolved {
             out.push_str(&format!("unresolved conflict: {u}\n"));
