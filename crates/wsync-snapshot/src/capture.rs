@@ -264,9 +264,12 @@ pub(crate) fn capture(
 
     fsutil::create_dir(&store.dir)?;
     let diff_path = store.file(&id, "diff");
-    write_patch_file(repo, head_tree.as_ref(), &work_tree, &diff_path)?;
-    if opts.bundle {
-        crate::manage::create_bundle(store, repo, &id)?;
+    let diff_file = write_patch_file(repo, head_tree.as_ref(), &work_tree, &diff_path)?;
+    if opts.bundle
+        && let Err(e) = crate::manage::create_bundle(store, repo, &id)
+    {
+        diff_file.discard();
+        return Err(e);
     }
     let meta = SnapshotMeta {
         snapshot_id: id.clone(),
@@ -287,7 +290,24 @@ pub(crate) fn capture(
         path: meta_path.clone(),
         source: std::io::Error::other(e),
     })?;
-    fsutil::write_atomic(&meta_path, &bytes)?;
+    let mut meta_file = match fsutil::Pending::create(&meta_path, 0o666) {
+        Ok(f) => f,
+        Err(e) => {
+            diff_file.discard();
+            return Err(e);
+        }
+    };
+    if let Err(source) = meta_file.file.write_all(&bytes) {
+        diff_file.discard();
+        meta_file.discard();
+        return Err(Error::Io {
+            path: meta_path,
+            source,
+        });
+    }
+    // Both fsynced together; the diff is renamed before the meta, so a
+    // listed snapshot always has its diff.
+    fsutil::commit_all(vec![diff_file, meta_file])?;
     fsutil::sync_dir(&store.dir)?;
     Ok(Snapshot {
         id,
@@ -296,29 +316,27 @@ pub(crate) fn capture(
     })
 }
 
-/// Writes the unified patch `old → new` to `path` (temp + fsync + rename).
+/// Writes the unified patch `old → new` into a temp file beside `path`
+/// (the caller fsyncs and renames it with [`fsutil::commit_all`]).
 pub(crate) fn write_patch_file(
     repo: &Repository,
     old: Option<&Tree<'_>>,
     new: &Tree<'_>,
     path: &Path,
-) -> Result<()> {
-    let tmp = fsutil::temp_beside(path);
+) -> Result<fsutil::Pending> {
+    let mut pending = fsutil::Pending::create(path, 0o666)?;
     let res = (|| {
-        let file = File::create(&tmp).map_err(io_err(&tmp))?;
-        let mut out = std::io::BufWriter::new(file);
+        let mut out = std::io::BufWriter::new(&mut pending.file);
         write_patch(repo, old, new, &mut out, path)?;
-        let file = out.into_inner().map_err(|e| Error::Io {
-            path: tmp.clone(),
-            source: e.into_error(),
-        })?;
-        file.sync_all().map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io_err(path))
+        out.flush().map_err(io_err(&pending.tmp))
     })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    match res {
+        Ok(()) => Ok(pending),
+        Err(e) => {
+            pending.discard();
+            Err(e)
+        }
     }
-    res
 }
 
 /// Prints the unified patch `old → new` (binaries marked, not inlined).

@@ -78,3 +78,81 @@ pub(crate) fn relative_inside(root: &Path, path: &Path) -> Option<PathBuf> {
 pub(crate) fn git_path(bytes: &[u8]) -> &Path {
     Path::new(OsStr::from_bytes(bytes))
 }
+
+/// A fully written temp file waiting to be fsynced and renamed into place.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub tmp: PathBuf,
+    pub dest: PathBuf,
+    pub file: File,
+}
+
+impl Pending {
+    /// Creates the temp file beside `dest` (with `mode`, subject to the
+    /// umask) for the caller to fill.
+    pub(crate) fn create(dest: &Path, mode: u32) -> Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let tmp = temp_beside(dest);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        Ok(Self {
+            tmp,
+            dest: dest.to_path_buf(),
+            file,
+        })
+    }
+
+    /// Removes the temp file (after a failure).
+    pub(crate) fn discard(self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// fsyncs the files in parallel (fsync latency, not bandwidth, is the cost),
+/// then renames each into place in order. On failure every temp file not
+/// yet renamed is removed.
+pub(crate) fn commit_all(pending: Vec<Pending>) -> Result<()> {
+    let threads = pending.len().clamp(1, 4);
+    let chunk = pending.len().div_ceil(threads).max(1);
+    let synced: Result<()> = std::thread::scope(|s| {
+        let handles: Vec<_> = pending
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    for p in part {
+                        p.file.sync_all().map_err(io_err(&p.tmp))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap_or_else(|_| {
+                Err(crate::Error::Io {
+                    path: PathBuf::new(),
+                    source: std::io::Error::other("an fsync thread panicked"),
+                })
+            })?;
+        }
+        Ok(())
+    });
+    let mut rest = pending.into_iter();
+    let res = synced.and_then(|()| {
+        for p in rest.by_ref() {
+            if let Err(source) = std::fs::rename(&p.tmp, &p.dest) {
+                let path = p.dest.clone();
+                p.discard();
+                return Err(crate::Error::Io { path, source });
+            }
+        }
+        Ok(())
+    });
+    for p in rest {
+        p.discard();
+    }
+    res
+}

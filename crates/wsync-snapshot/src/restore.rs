@@ -7,10 +7,10 @@
 //! the snapshot's index commit (keeping stat data where the content is the
 //! same) and HEAD/the branch to the snapshot's HEAD parent.
 
-use std::fs::{File, OpenOptions, Permissions};
+use std::fs::{File, Permissions};
 use std::io::{Read as _, Write as _};
 use std::os::unix::ffi::OsStrExt as _;
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use git2::{Delta, DiffOptions, IndexTime, ObjectType, Oid, Repository, RepositoryState};
@@ -174,6 +174,7 @@ pub(crate) fn restore(
     }
 
     writes.sort_unstable();
+    let mut batch = Batch::default();
     let displace = |rel: &Path, abs: &Path, report: &mut RestoreReport| -> Result<()> {
         let dest = displaced_dir.join(rel);
         if let Some(parent) = dest.parent() {
@@ -218,9 +219,12 @@ pub(crate) fn restore(
                 keep_perm = Some(m.mode() & 0o7777);
             }
         }
-        write_entry(&repo, &abs, *oid, *mode, keep_perm)?;
+        if let Some(p) = write_entry(&repo, &abs, *oid, *mode, keep_perm)? {
+            batch.push(p)?;
+        }
         report.written += 1;
     }
+    batch.commit()?;
 
     if !opts.files_only {
         let mut index = repo.index().map_err(bad("cannot open the index".into()))?;
@@ -354,14 +358,44 @@ fn make_parents(
     Ok(())
 }
 
-/// Writes blob `oid` at `abs` as a file (temp + fsync + rename) or symlink.
+/// Temp files written but not yet fsynced and renamed; removed if the
+/// restore fails before they are committed.
+#[derive(Default)]
+struct Batch(Vec<fsutil::Pending>);
+
+impl Batch {
+    const SIZE: usize = 128;
+
+    fn push(&mut self, p: fsutil::Pending) -> Result<()> {
+        self.0.push(p);
+        if self.0.len() >= Self::SIZE {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        fsutil::commit_all(std::mem::take(&mut self.0))
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        for p in self.0.drain(..) {
+            p.discard();
+        }
+    }
+}
+
+/// Writes blob `oid` at `abs`: a symlink at once, a file as a temp file
+/// returned for [`fsutil::commit_all`] (fsync + rename).
 fn write_entry(
     repo: &Repository,
     abs: &Path,
     oid: Oid,
     mode: u32,
     keep_perm: Option<u32>,
-) -> Result<()> {
+) -> Result<Option<fsutil::Pending>> {
     let odb = repo
         .odb()
         .map_err(git_err(abs, "cannot open the object database"))?;
@@ -379,35 +413,34 @@ fn write_entry(
                 });
             }
         }
-        return std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(obj.data()), abs)
-            .map_err(io_err(abs));
+        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(obj.data()), abs)
+            .map_err(io_err(abs))?;
+        return Ok(None);
     }
     let exec = mode == 0o100_755;
-    let tmp = fsutil::temp_beside(abs);
+    let mut pending = fsutil::Pending::create(abs, if exec { 0o777 } else { 0o666 })?;
     let res = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(if exec { 0o777 } else { 0o666 })
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        copy_blob(&odb, oid, &mut f, abs)?;
+        copy_blob(&odb, oid, &mut pending.file, abs)?;
         if let Some(perm) = keep_perm {
             let perm = if exec {
                 perm | ((perm & 0o444) >> 2)
             } else {
                 perm & !0o111
             };
-            f.set_permissions(Permissions::from_mode(perm))
-                .map_err(io_err(&tmp))?;
+            pending
+                .file
+                .set_permissions(Permissions::from_mode(perm))
+                .map_err(io_err(&pending.tmp))?;
         }
-        f.sync_all().map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, abs).map_err(io_err(abs))
+        Ok(())
     })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    match res {
+        Ok(()) => Ok(Some(pending)),
+        Err(e) => {
+            pending.discard();
+            Err(e)
+        }
     }
-    res
 }
 
 /// Copies a blob's content into `out`, streaming when the backend can.
