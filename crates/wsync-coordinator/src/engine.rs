@@ -1085,6 +1085,15 @@ impl SyncEngine {
             return Ok(None);
         };
         tracing::warn!(snapshot = %journal.snapshot, phase = %journal.phase, "recovering an interrupted sync");
+        // The restore snapshots the current state first: writers must be
+        // paused, or a file they keep rewriting never captures and the
+        // recovery (and so every later sync) fails for as long as they run.
+        let gate = PauseGate::new(&self.state_dir);
+        let _pause = gate.pause(&PauseOptions {
+            reason: "wsync recover".into(),
+            ack_timeout: Duration::from_secs(self.config.pause.ack_timeout_secs),
+            max_pause: Duration::from_secs(self.config.pause.max_secs),
+        })?;
         self.clear_stale_git_locks(&journal);
         let mut recovery = Recovery {
             journal: journal.clone(),
