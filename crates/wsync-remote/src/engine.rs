@@ -1310,17 +1310,7 @@ impl Session {
                 &mut retry,
             )?;
         }
-        Ok(results
-            .into_iter()
-            .zip(items)
-            .map(|(r, it)| {
-                r.unwrap_or_else(|| {
-                    Err(Error::Changed {
-                        path: show(&it.path),
-                    })
-                })
-            })
-            .collect())
+        Ok(finish_results(results, items))
     }
 
     fn stream_put(
@@ -1478,17 +1468,7 @@ impl Session {
             todo = std::mem::take(&mut retry);
         }
         commit(&mut staged, &mut results);
-        Ok(results
-            .into_iter()
-            .zip(items)
-            .map(|(r, it)| {
-                r.unwrap_or_else(|| {
-                    Err(Error::Changed {
-                        path: show(&it.path),
-                    })
-                })
-            })
-            .collect())
+        Ok(finish_results(results, items))
     }
 
     /// Receives one streamed delta into a local temp file. The outer error
@@ -1552,6 +1532,21 @@ struct FileCopy {
     path: Vec<u8>,
     src: Meta,
     dest: Option<Meta>,
+}
+
+/// One result per item; an item that never got an answer changed under us.
+fn finish_results(results: Vec<Option<Result<Synced, Error>>>, items: &[FileCopy]) -> FileResults {
+    results
+        .into_iter()
+        .zip(items)
+        .map(|(r, it)| {
+            r.unwrap_or_else(|| {
+                Err(Error::Changed {
+                    path: show(&it.path),
+                })
+            })
+        })
+        .collect()
 }
 
 fn now_ns() -> i64 {

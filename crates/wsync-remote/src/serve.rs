@@ -222,20 +222,7 @@ pub fn serve<R: Read + Send + 'static, W: Write>(
             } => {
                 let scanned = Excludes::new(root.path(), &excludes, include_vcs, false)
                     .and_then(|ex| root.scan(&ex));
-                match scanned {
-                    Ok((exists, entries)) => {
-                        for chunk in entries.chunks(SCAN_CHUNK) {
-                            send(&mut out, &Response::ScanChunk(chunk.to_vec()))?;
-                        }
-                        send(
-                            &mut out,
-                            &Response::ScanEnd {
-                                root_exists: exists,
-                            },
-                        )?;
-                    }
-                    Err(e) => send(&mut out, &err_response(b"", &e))?,
-                }
+                send_scan(&mut out, scanned)?;
             }
             Request::ScanPaths {
                 paths,
@@ -244,20 +231,7 @@ pub fn serve<R: Read + Send + 'static, W: Write>(
             } => {
                 let scanned = Excludes::new(root.path(), &excludes, include_vcs, false)
                     .and_then(|ex| root.scan_paths(&ex, &paths));
-                match scanned {
-                    Ok((exists, entries)) => {
-                        for chunk in entries.chunks(SCAN_CHUNK) {
-                            send(&mut out, &Response::ScanChunk(chunk.to_vec()))?;
-                        }
-                        send(
-                            &mut out,
-                            &Response::ScanEnd {
-                                root_exists: exists,
-                            },
-                        )?;
-                    }
-                    Err(e) => send(&mut out, &err_response(b"", &e))?,
-                }
+                send_scan(&mut out, scanned)?;
             }
             Request::Sigs { path } => {
                 let r = match root.signature(&path) {
@@ -401,6 +375,27 @@ fn done(path: &[u8], r: Result<Option<wire::Meta>, Error>) -> Response {
     match r {
         Ok(m) => Response::Done(m),
         Err(e) => err_response(path, &e),
+    }
+}
+
+/// Answers a scan: the entries in chunks, then the end marker.
+fn send_scan<W: Write>(
+    out: &mut W,
+    scanned: Result<(bool, Vec<wire::Entry>), Error>,
+) -> Result<(), Error> {
+    match scanned {
+        Ok((exists, entries)) => {
+            for chunk in entries.chunks(SCAN_CHUNK) {
+                send(out, &Response::ScanChunk(chunk.to_vec()))?;
+            }
+            send(
+                out,
+                &Response::ScanEnd {
+                    root_exists: exists,
+                },
+            )
+        }
+        Err(e) => send(out, &err_response(b"", &e)),
     }
 }
 

@@ -80,6 +80,22 @@ fn relevant(root: &Path, p: &Path) -> Option<Vec<u8>> {
     (!name.starts_with(TMP_PREFIX.as_bytes())).then(|| bytes.to_vec())
 }
 
+/// Reports a lost connection, then waits `backoff` (doubling it).
+fn pause(
+    error: &Error,
+    backoff: &mut Duration,
+    opts: &WatchOptions,
+    on_event: &mut dyn FnMut(WatchEvent<'_>) -> ControlFlow<()>,
+) -> ControlFlow<()> {
+    on_event(WatchEvent::Disconnected {
+        error,
+        retry_in: *backoff,
+    })?;
+    std::thread::sleep(*backoff);
+    *backoff = (*backoff * 2).min(opts.max_backoff);
+    ControlFlow::Continue(())
+}
+
 /// Syncs `local` with `peer` now and after every change on either side,
 /// calling `on_event` after each round; returns when it answers
 /// `ControlFlow::Break`, or with an error that must halt (mass deletion).
@@ -137,16 +153,9 @@ pub fn watch(
         let (mut session, notices) = match connected {
             Ok(pair) => pair,
             Err(e) => {
-                if on_event(WatchEvent::Disconnected {
-                    error: &e,
-                    retry_in: backoff,
-                })
-                .is_break()
-                {
+                if pause(&e, &mut backoff, opts, on_event).is_break() {
                     return Ok(());
                 }
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(opts.max_backoff);
                 continue;
             }
         };
@@ -222,17 +231,10 @@ pub fn watch(
             }
         }
         drop(session);
-        if let Some(e) = lost {
-            if on_event(WatchEvent::Disconnected {
-                error: &e,
-                retry_in: backoff,
-            })
-            .is_break()
-            {
-                return Ok(());
-            }
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(opts.max_backoff);
+        if let Some(e) = lost
+            && pause(&e, &mut backoff, opts, on_event).is_break()
+        {
+            return Ok(());
         }
     }
 }
