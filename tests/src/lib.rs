@@ -2,6 +2,15 @@
 //! built `wsync` binary against real git repositories, bare remotes and a
 //! loopback sshd through [`wsync_testutils`](../wsync_testutils/index.html).
 //!
-//! This library is empty on purpose; the package exists for its tests.
+//! The library holds only [`chaos`], the crash-injection harness shared by
+//! `cargo xtask chaos` and `tests/tests/chaos.rs`:
+//!
+//! ```
+//! use wsync_tests::chaos::{Scenario, is_wsync_temp};
+//! assert_eq!("rollback".parse::<Scenario>(), Ok(Scenario::Rollback));
+//! assert!(is_wsync_temp(b".queue.json.4242.tmp"));
+//! ```
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+
+pub mod chaos;
