@@ -103,8 +103,14 @@ fn rate_limits_defer_with_a_reason_and_critical_overrides() {
     assert!(e["next_attempt_at"].is_string());
     let status = json(&a, &["status"]);
     let deferred = &status["auto"]["queue"][0];
-    assert!(deferred["note"].as_str().unwrap().contains("rate limit"), "{status}");
-    assert!(deferred["next_attempt_at"].is_string(), "status says until when: {status}");
+    assert!(
+        deferred["note"].as_str().unwrap().contains("rate limit"),
+        "{status}"
+    );
+    assert!(
+        deferred["next_attempt_at"].is_string(),
+        "status says until when: {status}"
+    );
     assert!(wsync_ok(a.path(), &["status"]).contains("deferred"));
     let st = json(&a, &["daemon", "status"]);
     assert!(
