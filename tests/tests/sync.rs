@@ -107,16 +107,26 @@ fn overlapping_edits_exit_4_and_resolve() {
     assert_eq!(b.read(&copy), "a\n");
     // The next sync still says conflicts remain.
     assert_eq!(code(&wsync(b.path(), &["sync"])), 4);
-    wsync_ok(b.path(), &["conflicts", "resolve", "notes.md", "--take", "ours"]);
+    wsync_ok(
+        b.path(),
+        &["conflicts", "resolve", "notes.md", "--take", "ours"],
+    );
     assert!(!b.exists(&copy));
     assert_eq!(json(b.path(), &["conflicts"]).as_array().unwrap().len(), 0);
     wsync_ok(b.path(), &["sync"]);
     assert!(!tree(&remote).contains(&copy));
     let all = json(b.path(), &["conflicts", "list", "--all"]);
     assert_eq!(all.as_array().unwrap().len(), 1);
-    let out = wsync(b.path(), &["conflicts", "resolve", "notes.md", "--take", "ours"]);
+    let out = wsync(
+        b.path(),
+        &["conflicts", "resolve", "notes.md", "--take", "ours"],
+    );
     assert_eq!(code(&out), 1);
-    assert!(stderr(&out).contains("no open conflict"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no open conflict"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -126,7 +136,15 @@ fn auto_theirs_from_the_config() {
     let b = remote.clone_repo("b");
     init(&a);
     init(&b);
-    wsync_ok(b.path(), &["config", "set", "conflict_resolution.strategy", "auto-theirs"]);
+    wsync_ok(
+        b.path(),
+        &[
+            "config",
+            "set",
+            "conflict_resolution.strategy",
+            "auto-theirs",
+        ],
+    );
     a.write("x.txt", "a\n");
     b.write("x.txt", "b\n");
     wsync_ok(a.path(), &["sync"]);
@@ -186,7 +204,10 @@ fn excluded_files_are_never_committed() {
     assert!(dry.contains("commit  src/lib.rs"), "{dry}");
     assert!(dry.contains("skip    agent.log"), "{dry}");
     wsync_ok(a.path(), &["sync"]);
-    assert_eq!(tree(&remote), vec!["README.md".to_owned(), "src/lib.rs".to_owned()]);
+    assert_eq!(
+        tree(&remote),
+        vec!["README.md".to_owned(), "src/lib.rs".to_owned()]
+    );
     assert_eq!(a.read("agent.log"), "noise\n");
     assert_eq!(a.read(".claude/autonomous/state.json"), "{}\n");
     let status = json(a.path(), &["status"]);
@@ -201,7 +222,15 @@ fn unreachable_remote_rolls_back_and_leaves_nothing_held() {
     init(&a);
     a.write("draft.txt", "precious\n");
     let head = a.head();
-    git(a.path(), &["remote", "set-url", "origin", "ssh://127.0.0.1:1/nowhere.git"]);
+    git(
+        a.path(),
+        &[
+            "remote",
+            "set-url",
+            "origin",
+            "ssh://127.0.0.1:1/nowhere.git",
+        ],
+    );
     let out = wsync(a.path(), &["sync"]);
     assert_eq!(code(&out), 1);
     let err = stderr(&out);
@@ -321,7 +350,10 @@ fn init_sets_remote_and_branch_and_keeps_an_existing_config() {
     a.write("x.txt", "x\n");
     let url = format!("file://{}", remote.bare().display());
     wsync_ok(a.path(), &["init", "--remote", &url, "--branch", "main"]);
-    assert_eq!(wsync_ok(a.path(), &["config", "get", "remote.branch"]).trim(), "main");
+    assert_eq!(
+        wsync_ok(a.path(), &["config", "get", "remote.branch"]).trim(),
+        "main"
+    );
     // Unborn local branch: the first sync takes the remote, then pushes.
     let out = wsync(a.path(), &["sync"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -329,7 +361,10 @@ fn init_sets_remote_and_branch_and_keeps_an_existing_config() {
     assert_eq!(a.read("README.md"), "# test\n");
     wsync_ok(a.path(), &["config", "interval", "15"]);
     wsync_ok(a.path(), &["init"]);
-    assert_eq!(wsync_ok(a.path(), &["config", "get", "interval_minutes"]).trim(), "15");
+    assert_eq!(
+        wsync_ok(a.path(), &["config", "get", "interval_minutes"]).trim(),
+        "15"
+    );
 }
 
 #[test]
@@ -348,7 +383,10 @@ fn sigterm_mid_run_rolls_back_cleanly() {
     std::fs::remove_file(a.path().join(".wsync/debug-paused-at-committed")).unwrap();
     let (status, err) = child.0.wait_with_output_ref();
     assert_eq!(status.code(), Some(1), "{err}");
-    assert!(err.contains("cancelled") && err.contains("restored"), "{err}");
+    assert!(
+        err.contains("cancelled") && err.contains("restored"),
+        "{err}"
+    );
     assert_eq!(a.head(), head);
     assert_eq!(a.read("wip.txt"), "w\n");
     assert_eq!(remote.subjects(), vec!["initial".to_owned()]);

@@ -65,7 +65,10 @@ fn kill_at(phase: &str) {
         // The branch moves to the merge only after the checkout: HEAD is
         // still the user's commit on top of the old HEAD.
         let parents = git(a.path(), &["rev-list", "--parents", "-n", "1", "HEAD"]);
-        assert_eq!(parents.split_whitespace().nth(1), Some(head_before.as_str()));
+        assert_eq!(
+            parents.split_whitespace().nth(1),
+            Some(head_before.as_str())
+        );
         assert_eq!(parents.split_whitespace().count(), 2, "{parents}");
     }
 
@@ -87,19 +90,32 @@ fn kill_at(phase: &str) {
     assert_eq!(a.read("local/notes.md"), "my notes\n");
     assert_eq!(a.read("agent.log"), "system noise\n");
     for i in 0..5 {
-        assert_eq!(a.read(format!("remote/{i}.txt")), format!("remote file {i}\n"));
+        assert_eq!(
+            a.read(format!("remote/{i}.txt")),
+            format!("remote file {i}\n")
+        );
     }
     assert_eq!(a.read("README.md"), "# changed remotely\n");
     let files = git(remote.bare(), &["ls-tree", "-r", "--name-only", "main"]);
-    assert!(files.contains("local/new.bin") && files.contains("local/notes.md"), "{files}");
+    assert!(
+        files.contains("local/new.bin") && files.contains("local/notes.md"),
+        "{files}"
+    );
     assert!(!files.contains("agent.log"));
     assert_eq!(a.head(), remote.head());
     // Only the system file differs from HEAD.
-    let porcelain = git(a.path(), &["status", "--porcelain", "--untracked-files=all"]);
+    let porcelain = git(
+        a.path(),
+        &["status", "--porcelain", "--untracked-files=all"],
+    );
     assert_eq!(porcelain.trim(), "?? agent.log", "{porcelain}");
     for repo in [a.path(), remote.bare()] {
         let fsck = git_output(repo, &["fsck", "--no-dangling"]);
-        assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stderr));
+        assert!(
+            fsck.status.success(),
+            "{}",
+            String::from_utf8_lossy(&fsck.stderr)
+        );
     }
     let st = status(a.path());
     assert_eq!(st["lock"]["state"], "free");

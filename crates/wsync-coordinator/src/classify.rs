@@ -27,13 +27,14 @@ pub(crate) struct Classifier {
 
 /// The `wsync-filter` settings for a workspace's `filters.*` config.
 pub fn filter_config(workspace: &Path, filters: &FiltersConfig) -> Result<FilterConfig, Error> {
-    let default_action = Action::parse(&filters.default_action).ok_or_else(|| Error::ConfigKey {
-        key: "filters.default_action".into(),
-        why: format!(
-            "{:?} is not one of \"allow\", \"block\", \"analyze\"",
-            filters.default_action
-        ),
-    })?;
+    let default_action =
+        Action::parse(&filters.default_action).ok_or_else(|| Error::ConfigKey {
+            key: "filters.default_action".into(),
+            why: format!(
+                "{:?} is not one of \"allow\", \"block\", \"analyze\"",
+                filters.default_action
+            ),
+        })?;
     Ok(FilterConfig {
         rules_file: filters.rules_file.as_ref().map(|p| workspace.join(p)),
         exclude_patterns: filters.exclude_patterns.clone(),
@@ -116,9 +117,19 @@ mod tests {
     #[test]
     fn default_patterns_block_system_files() {
         let ws = tempfile::tempdir().unwrap();
-        let c = Classifier::new(ws.path(), &ws.path().join(".wsync"), &FiltersConfig::default())
-            .unwrap();
-        for p in ["a.log", "x/y/z.tmp", "node_modules/a/b.js", "run/app.pid", ".DS_Store"] {
+        let c = Classifier::new(
+            ws.path(),
+            &ws.path().join(".wsync"),
+            &FiltersConfig::default(),
+        )
+        .unwrap();
+        for p in [
+            "a.log",
+            "x/y/z.tmp",
+            "node_modules/a/b.js",
+            "run/app.pid",
+            ".DS_Store",
+        ] {
             assert!(c.is_system_path(p), "{p}");
         }
         for p in ["src/main.rs", "README.md", "notes.logs"] {
@@ -133,7 +144,9 @@ mod tests {
             default_action: "maybe".into(),
             ..FiltersConfig::default()
         };
-        let err = Classifier::new(ws.path(), ws.path(), &f).unwrap_err().to_string();
+        let err = Classifier::new(ws.path(), ws.path(), &f)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("filters.default_action"), "{err}");
     }
 }

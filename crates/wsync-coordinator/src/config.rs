@@ -380,7 +380,8 @@ impl Config {
     /// Returns a copy with `key` set to `value`, validated as a whole.
     /// `value` is parsed as JSON; text that is not JSON is taken as a string.
     pub fn with_set(&self, key: &str, value: &str) -> Result<Self, Error> {
-        let new: Value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.into()));
+        let new: Value =
+            serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.into()));
         let mut root = self.to_value();
         let mut cur = &mut root;
         let parts: Vec<&str> = key.split('.').collect();
@@ -462,7 +463,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 2 column"), "{err}");
-        let err = Config::parse(Path::new("c.json"), b"{} x").unwrap_err().to_string();
+        let err = Config::parse(Path::new("c.json"), b"{} x")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 1"), "{err}");
     }
 
@@ -487,9 +490,14 @@ mod tests {
     #[test]
     fn get_and_set_dotted_keys() {
         let c = Config::default();
-        assert_eq!(c.get("remote.name").unwrap(), Value::String("origin".into()));
+        assert_eq!(
+            c.get("remote.name").unwrap(),
+            Value::String("origin".into())
+        );
         assert!(c.get("remote.nope").is_err());
-        let c2 = c.with_set("monitoring.min_time_between_syncs", "5").unwrap();
+        let c2 = c
+            .with_set("monitoring.min_time_between_syncs", "5")
+            .unwrap();
         assert_eq!(c2.monitoring.min_time_between_syncs, 5);
         // Not JSON: taken as a string.
         let c3 = c.with_set("remote.branch", "dev").unwrap();

@@ -261,12 +261,11 @@ fn describe_kept(
 pub fn append_conflicts(state_dir: &Path, records: &[ConflictRecord]) -> Result<(), Error> {
     let path = state_dir.join(CONFLICTS_LOG);
     for r in records {
-        let line = serde_json::to_string(&LogLine::Conflict(r.clone())).map_err(|source| {
-            Error::Json {
+        let line =
+            serde_json::to_string(&LogLine::Conflict(r.clone())).map_err(|source| Error::Json {
                 path: path.clone(),
                 source,
-            }
-        })?;
+            })?;
         append_line(&path, &line)?;
     }
     Ok(())

@@ -353,7 +353,11 @@ impl Clock {
 
 impl SyncEngine {
     /// An engine with an explicit config.
-    pub fn new(workspace: impl Into<PathBuf>, state_dir: impl Into<PathBuf>, config: Config) -> Self {
+    pub fn new(
+        workspace: impl Into<PathBuf>,
+        state_dir: impl Into<PathBuf>,
+        config: Config,
+    ) -> Self {
         Self {
             workspace: workspace.into(),
             state_dir: state_dir.into(),
@@ -363,7 +367,10 @@ impl SyncEngine {
     }
 
     /// An engine with the config loaded from `<state_dir>/config.json`.
-    pub fn open(workspace: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Result<Self, Error> {
+    pub fn open(
+        workspace: impl Into<PathBuf>,
+        state_dir: impl Into<PathBuf>,
+    ) -> Result<Self, Error> {
         let state_dir = state_dir.into();
         let config = Config::load(&state_dir)?;
         Ok(Self::new(workspace, state_dir, config))
@@ -415,9 +422,8 @@ impl SyncEngine {
     /// Automatic runs with more than `conflict_resolution.auto_commit_threshold`
     /// user changes (when non-zero) wait for a manual sync.
     pub fn decide(&self, opts: &SyncOptions) -> Result<Decision, Error> {
-        let since_last_secs = synclog::last_success(&self.state_dir)?.map(|e| {
-            u64::try_from((Utc::now() - e.started_at).num_seconds().max(0)).unwrap_or(0)
-        });
+        let since_last_secs = synclog::last_success(&self.state_dir)?
+            .map(|e| u64::try_from((Utc::now() - e.started_at).num_seconds().max(0)).unwrap_or(0));
         let mut d = Decision {
             run: true,
             why: String::new(),
@@ -443,7 +449,10 @@ impl SyncEngine {
             d.why = why;
         };
         if opts.reason != Reason::Threshold && !self.config.enabled {
-            skip(&mut d, "automatic sync is disabled (`wsync config enable`)".into());
+            skip(
+                &mut d,
+                "automatic sync is disabled (`wsync config enable`)".into(),
+            );
         } else if limit > 0 && user > limit && opts.reason != Reason::Threshold {
             skip(
                 &mut d,
@@ -518,7 +527,10 @@ impl SyncEngine {
             wsync_lock::Error::Busy { path, holder } => Error::Busy {
                 path,
                 holder: holder.map(|h| {
-                    format!("pid {} on {}, {} since {}", h.pid, h.host, h.caller, h.acquired_at)
+                    format!(
+                        "pid {} on {}, {} since {}",
+                        h.pid, h.host, h.caller, h.acquired_at
+                    )
                 }),
             },
             other => Error::Lock(other),
@@ -541,7 +553,12 @@ impl SyncEngine {
             report.outcome = "skipped".into();
             clock.lap("decide");
             report.phases = clock.phases;
-            self.log(&report, started_at, "skipped", Some(report.decision.why.clone()))?;
+            self.log(
+                &report,
+                started_at,
+                "skipped",
+                Some(report.decision.why.clone()),
+            )?;
             drop(guard);
             return Ok(report);
         }
@@ -578,7 +595,15 @@ impl SyncEngine {
         journal.write(&self.state_dir)?;
         clock.lap("snapshot");
         hook(opts, Phase::Snapshot);
-        let outcome = self.phases(&repo, &target, &captured, opts, &mut journal, &mut report, &mut clock);
+        let outcome = self.phases(
+            &repo,
+            &target,
+            &captured,
+            opts,
+            &mut journal,
+            &mut report,
+            &mut clock,
+        );
         let result = match outcome {
             Ok(()) => {
                 conflicts::append_conflicts(&self.state_dir, &report.conflicts)?;
@@ -605,7 +630,9 @@ impl SyncEngine {
         report.phases = std::mem::take(&mut clock.phases);
         let (label, message) = match &result {
             Ok(()) => ("ok", None),
-            Err(Error::RollbackFailed { .. }) => ("failed", result.as_ref().err().map(ToString::to_string)),
+            Err(Error::RollbackFailed { .. }) => {
+                ("failed", result.as_ref().err().map(ToString::to_string))
+            }
             Err(e) => ("rolled_back", Some(e.to_string())),
         };
         let _ = snap::write_result(
@@ -698,7 +725,12 @@ impl SyncEngine {
         let pending = if integrate_first {
             git::pending(repo, &self.workspace)?
         } else {
-            git::pending_from_snapshot(repo, &self.workspace, &captured.commit, &captured.index_commit)?
+            git::pending_from_snapshot(
+                repo,
+                &self.workspace,
+                &captured.commit,
+                &captured.index_commit,
+            )?
         };
         self.commit_user_changes(repo, &classifier, pending, opts.reason, report)?;
         clock.lap("commit");
@@ -714,7 +746,16 @@ impl SyncEngine {
         if opts.mode == SyncMode::Pull {
             return Ok(());
         }
-        self.push_with_retries(repo, target, &classifier, opts, journal, report, clock, optimistic)?;
+        self.push_with_retries(
+            repo,
+            target,
+            &classifier,
+            opts,
+            journal,
+            report,
+            clock,
+            optimistic,
+        )?;
         Ok(())
     }
 
@@ -795,7 +836,9 @@ impl SyncEngine {
                         });
                     }
                     tracing::info!(%detail, "push rejected; fetching and integrating");
-                    self.fetch_and_integrate(repo, target, classifier, opts, journal, report, clock)?;
+                    self.fetch_and_integrate(
+                        repo, target, classifier, opts, journal, report, clock,
+                    )?;
                 }
             }
         }
@@ -804,8 +847,11 @@ impl SyncEngine {
 
     fn signature(&self, repo: &Repository) -> Result<Signature<'static>, Error> {
         repo.signature().or_else(|_| {
-            Signature::now("wsync", &format!("wsync@{}", conflicts::sanitize_host(&self.host)))
-                .map_err(Error::git(&self.workspace, "make a signature"))
+            Signature::now(
+                "wsync",
+                &format!("wsync@{}", conflicts::sanitize_host(&self.host)),
+            )
+            .map_err(Error::git(&self.workspace, "make a signature"))
         })
     }
 
@@ -870,12 +916,19 @@ impl SyncEngine {
         let tree_id = index
             .write_tree()
             .map_err(Error::git(ws, "write the tree"))?;
-        if head.as_ref().map(|h| h.tree_id()) == Some(tree_id) || (head.is_none() && files.is_empty()) {
+        if head.as_ref().map(Commit::tree_id) == Some(tree_id)
+            || (head.is_none() && files.is_empty())
+        {
             return Ok(());
         }
-        let tree = repo.find_tree(tree_id).map_err(Error::git(ws, "find the tree"))?;
+        let tree = repo
+            .find_tree(tree_id)
+            .map_err(Error::git(ws, "find the tree"))?;
         let sig = self.signature(repo)?;
-        let message = self.config.commit.render(&self.host, reason.as_str(), &files);
+        let message = self
+            .config
+            .commit
+            .render(&self.host, reason.as_str(), &files);
         let parents: Vec<&Commit<'_>> = head.iter().collect();
         let oid = repo
             .commit(Some("HEAD"), &sig, &sig, &message, &tree, &parents)
@@ -918,13 +971,22 @@ impl SyncEngine {
             path: ws.clone(),
             why: format!("the local and remote branches share no history ({e})"),
         })?;
-        let local_commit = repo.find_commit(local).map_err(Error::git(ws, "find HEAD"))?;
+        let local_commit = repo
+            .find_commit(local)
+            .map_err(Error::git(ws, "find HEAD"))?;
         if base == remote {
             report.integration = Integration::UpToDate;
             return Ok(());
         }
         if base == local {
-            self.checkout_and_move(repo, target, Some(&local_commit), &remote_commit, opts, report)?;
+            self.checkout_and_move(
+                repo,
+                target,
+                Some(&local_commit),
+                &remote_commit,
+                opts,
+                report,
+            )?;
             report.integration = Integration::FastForward;
             return Ok(());
         }
@@ -949,7 +1011,9 @@ impl SyncEngine {
         let tree_id = index
             .write_tree_to(repo)
             .map_err(Error::git(ws, "write the merged tree"))?;
-        let tree = repo.find_tree(tree_id).map_err(Error::git(ws, "find the merged tree"))?;
+        let tree = repo
+            .find_tree(tree_id)
+            .map_err(Error::git(ws, "find the merged tree"))?;
         let sig = self.signature(repo)?;
         let mut message = format!(
             "wsync: merge {}/{} into {} on {}\n",
@@ -963,15 +1027,34 @@ impl SyncEngine {
                     c.path,
                     c.strategy,
                     c.kept,
-                    c.copy.as_ref().map(|p| format!(", remote version in {p}")).unwrap_or_default()
+                    c.copy
+                        .as_ref()
+                        .map(|p| format!(", remote version in {p}"))
+                        .unwrap_or_default()
                 ));
             }
         }
         let merge = repo
-            .commit(None, &sig, &sig, &message, &tree, &[&local_commit, &remote_commit])
+            .commit(
+                None,
+                &sig,
+                &sig,
+                &message,
+                &tree,
+                &[&local_commit, &remote_commit],
+            )
             .map_err(Error::git(ws, "commit the merge"))?;
-        let merge_commit = repo.find_commit(merge).map_err(Error::git(ws, "find the merge"))?;
-        self.checkout_and_move(repo, target, Some(&local_commit), &merge_commit, opts, report)?;
+        let merge_commit = repo
+            .find_commit(merge)
+            .map_err(Error::git(ws, "find the merge"))?;
+        self.checkout_and_move(
+            repo,
+            target,
+            Some(&local_commit),
+            &merge_commit,
+            opts,
+            report,
+        )?;
         report.commits.push(merge.to_string());
         report.conflicts.extend(conflicts);
         report.integration = Integration::Merge;
@@ -1005,10 +1088,11 @@ impl SyncEngine {
                 });
             let hook_fn = opts.on_phase.clone();
             cb.progress(move |_, done, total| {
-                if done == 1 && total >= 2 {
-                    if let Some(h) = &hook_fn {
-                        h(Phase::Checkout);
-                    }
+                if done == 1
+                    && total >= 2
+                    && let Some(h) = &hook_fn
+                {
+                    h(Phase::Checkout);
                 }
             });
             let mut needed = true;

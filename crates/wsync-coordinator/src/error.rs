@@ -103,7 +103,9 @@ pub enum Error {
         source: Box<Error>,
     },
     /// The run failed and restoring the snapshot failed too.
-    #[error("{source}; restoring snapshot {snapshot} also failed: {restore} (run `wsync snapshot restore {snapshot}`)")]
+    #[error(
+        "{source}; restoring snapshot {snapshot} also failed: {restore} (run `wsync snapshot restore {snapshot}`)"
+    )]
     RollbackFailed {
         /// The snapshot that should be restored.
         snapshot: String,
@@ -184,7 +186,10 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn git(path: &std::path::Path, op: impl Into<String>) -> impl FnOnce(git2::Error) -> Self {
+    pub(crate) fn git(
+        path: &std::path::Path,
+        op: impl Into<String>,
+    ) -> impl FnOnce(git2::Error) -> Self {
         let path = path.to_path_buf();
         let op = op.into();
         move |source| Self::Git { path, op, source }

@@ -69,9 +69,7 @@ pub(crate) fn preflight(
         return Err(refuse(why.into()));
     }
     if repo.head_detached().unwrap_or(false) {
-        return Err(refuse(
-            "HEAD is detached (check out a branch first)".into(),
-        ));
+        return Err(refuse("HEAD is detached (check out a branch first)".into()));
     }
     let head = repo
         .find_reference("HEAD")
@@ -125,7 +123,10 @@ pub(crate) fn pending(repo: &Repository, workspace: &Path) -> Result<Vec<Pending
         if s.contains(Status::IGNORED) || s.is_empty() {
             continue;
         }
-        let Some(path) = std::str::from_utf8(entry.path_bytes()).ok().map(str::to_owned) else {
+        let Some(path) = std::str::from_utf8(entry.path_bytes())
+            .ok()
+            .map(str::to_owned)
+        else {
             // Non-UTF-8 names cannot be matched by the filter; leave them alone.
             continue;
         };
@@ -216,10 +217,10 @@ pub(crate) fn changed_paths(
     let mut out = Vec::new();
     for d in diff.deltas() {
         for f in [d.old_file(), d.new_file()] {
-            if let Some(p) = f.path().and_then(|p| p.to_str()) {
-                if out.last().is_none_or(|l: &String| l != p) {
-                    out.push(p.to_owned());
-                }
+            if let Some(p) = f.path().and_then(|p| p.to_str())
+                && out.last().is_none_or(|l: &String| l != p)
+            {
+                out.push(p.to_owned());
             }
         }
     }
@@ -297,11 +298,7 @@ pub(crate) enum PushOutcome {
 
 /// `git push` (never forced) of the local branch to the remote branch.
 pub(crate) fn push(workspace: &Path, target: &Target) -> Result<PushOutcome, Error> {
-    let refspec = format!(
-        "{}:refs/heads/{}",
-        target.local_ref(),
-        target.remote_branch
-    );
+    let refspec = format!("{}:refs/heads/{}", target.local_ref(), target.remote_branch);
     let args = [
         "push",
         "--porcelain",

@@ -41,7 +41,11 @@ pub(crate) fn capture(
 
 /// Restores a snapshot (forced: also over a half-done merge); returns the
 /// safety snapshot's id (the state found before restoring).
-pub(crate) fn restore(workspace: &Path, state_dir: &Path, id: &str) -> Result<Option<String>, Error> {
+pub(crate) fn restore(
+    workspace: &Path,
+    state_dir: &Path,
+    id: &str,
+) -> Result<Option<String>, Error> {
     let store = SnapshotStore::open(workspace, state_dir)?;
     let report = store.restore(
         id,

@@ -84,5 +84,8 @@ pub fn tail(state_dir: &Path, n: usize) -> Result<Vec<LogEntry>, Error> {
 
 /// The newest entry whose run actually synced (`ok`).
 pub fn last_success(state_dir: &Path) -> Result<Option<LogEntry>, Error> {
-    Ok(read(state_dir)?.into_iter().rev().find(|e| e.result == "ok"))
+    Ok(read(state_dir)?
+        .into_iter()
+        .rev()
+        .find(|e| e.result == "ok"))
 }

@@ -93,8 +93,12 @@ pub(crate) fn exclude_state_dir(
     workspace: &Path,
     state_dir: &Path,
 ) -> Result<Option<String>, Error> {
-    let ws = workspace.canonicalize().unwrap_or_else(|_| workspace.to_path_buf());
-    let st = state_dir.canonicalize().unwrap_or_else(|_| state_dir.to_path_buf());
+    let ws = workspace
+        .canonicalize()
+        .unwrap_or_else(|_| workspace.to_path_buf());
+    let st = state_dir
+        .canonicalize()
+        .unwrap_or_else(|_| state_dir.to_path_buf());
     let Ok(rel) = st.strip_prefix(&ws) else {
         return Ok(None);
     };
@@ -227,7 +231,12 @@ pub fn status(engine: &SyncEngine) -> Result<StatusReport, Error> {
         Err(e) => report.git_problem = Some(e.to_string()),
     }
     if let Ok(repo) = git::open(ws) {
-        match git::preflight(&repo, ws, &config.remote.name, config.remote.branch.as_deref()) {
+        match git::preflight(
+            &repo,
+            ws,
+            &config.remote.name,
+            config.remote.branch.as_deref(),
+        ) {
             Ok(target) => {
                 if let Some((a, b)) = git::ahead_behind(&repo, &target) {
                     report.ahead = Some(a);

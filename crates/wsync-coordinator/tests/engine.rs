@@ -31,7 +31,9 @@ impl Side {
     }
 
     fn sync(&self) -> wsync_coordinator::SyncReport {
-        self.engine(Config::default()).run(&SyncOptions::default()).unwrap()
+        self.engine(Config::default())
+            .run(&SyncOptions::default())
+            .unwrap()
     }
 
     fn sync_with(&self, strategy: Strategy) -> wsync_coordinator::SyncReport {
@@ -75,7 +77,11 @@ fn edits_on_both_sides_converge() {
         assert_eq!(side.repo.read("a.txt"), "from a\n");
         assert_eq!(side.repo.read("dir/b.txt"), "from b\n");
         assert_eq!(side.repo.read("README.md"), "# changed by b\n");
-        assert!(clean(&side.repo), "{:?}", String::from_utf8_lossy(&side.repo.status()));
+        assert!(
+            clean(&side.repo),
+            "{:?}",
+            String::from_utf8_lossy(&side.repo.status())
+        );
         assert_eq!(side.repo.head(), remote.head());
         assert!(lock_free(&side.state));
         fsck_ok(side.repo.path());
@@ -96,8 +102,10 @@ fn non_overlapping_edits_of_one_file_merge_cleanly() {
     a.repo.write("f.txt", &body);
     a.sync();
     let b = Side::new(&remote, "b");
-    a.repo.write("f.txt", body.replace("line 2\n", "line 2 by a\n"));
-    b.repo.write("f.txt", body.replace("line 19\n", "line 19 by b\n"));
+    a.repo
+        .write("f.txt", body.replace("line 2\n", "line 2 by a\n"));
+    b.repo
+        .write("f.txt", body.replace("line 19\n", "line 19 by b\n"));
     a.sync();
     let rb = b.sync();
     assert_eq!(rb.integration, Integration::Merge);
@@ -128,7 +136,10 @@ fn overlapping_edits_manual_keeps_both() {
     let c = &rb.conflicts[0];
     assert_eq!(c.path, "notes.md");
     let copy = c.copy.clone().unwrap();
-    assert!(copy.starts_with("notes.sync-conflict-") && copy.ends_with(".md"), "{copy}");
+    assert!(
+        copy.starts_with("notes.sync-conflict-") && copy.ends_with(".md"),
+        "{copy}"
+    );
     // Local stays at the path, the remote version beside it.
     assert_eq!(b.repo.read("notes.md"), "b's version\n");
     assert_eq!(b.repo.read(&copy), "a's version\n");
@@ -187,9 +198,15 @@ fn conflict_copies_are_never_copied_and_capped() {
     for round in 0..4 {
         a.repo.write("x.txt", format!("a {round}\n"));
         b.repo.write("x.txt", format!("b {round}\n"));
-        a.engine(config.clone()).run(&SyncOptions::default()).unwrap();
-        b.engine(config.clone()).run(&SyncOptions::default()).unwrap();
-        a.engine(config.clone()).run(&SyncOptions::default()).unwrap();
+        a.engine(config.clone())
+            .run(&SyncOptions::default())
+            .unwrap();
+        b.engine(config.clone())
+            .run(&SyncOptions::default())
+            .unwrap();
+        a.engine(config.clone())
+            .run(&SyncOptions::default())
+            .unwrap();
         // Copies are distinct files even within one second.
         std::thread::sleep(Duration::from_millis(1100));
     }
@@ -199,7 +216,11 @@ fn conflict_copies_are_never_copied_and_capped() {
         .map(str::to_owned)
         .collect();
     assert_eq!(copies.len(), 2, "{copies:?}");
-    assert!(copies.iter().all(|c| c.matches(".sync-conflict-").count() == 1));
+    assert!(
+        copies
+            .iter()
+            .all(|c| c.matches(".sync-conflict-").count() == 1)
+    );
     assert_eq!(b.repo.read("x.txt"), "b 3\n");
 }
 
@@ -218,7 +239,10 @@ fn excluded_files_are_never_committed_and_stay_untouched() {
     assert_eq!(r.files, vec!["code.rs".to_owned()]);
     assert_eq!(r.system_files.len(), 4, "{:?}", r.system_files);
     let files = git(remote.bare(), &["ls-tree", "-r", "--name-only", "main"]);
-    assert_eq!(files.lines().collect::<Vec<_>>(), vec!["README.md", "code.rs"]);
+    assert_eq!(
+        files.lines().collect::<Vec<_>>(),
+        vec!["README.md", "code.rs"]
+    );
     assert_eq!(a.repo.read("debug.log"), "noise\n");
     assert_eq!(a.repo.read("node_modules/x/index.js"), "x\n");
     assert_eq!(a.repo.read("staged.tmp"), "tmp\n");
@@ -276,7 +300,10 @@ fn a_push_rejected_by_a_racing_clone_is_retried() {
     assert_eq!(r.integration, Integration::Merge);
     assert_eq!(a.repo.read("race.txt"), "b won\n");
     let files = git(remote.bare(), &["ls-tree", "-r", "--name-only", "main"]);
-    assert!(files.contains("mine.txt") && files.contains("race.txt"), "{files}");
+    assert!(
+        files.contains("mine.txt") && files.contains("race.txt"),
+        "{files}"
+    );
     assert_eq!(a.repo.head(), remote.head());
 }
 
@@ -288,8 +315,14 @@ fn unreachable_remote_rolls_back_and_leaves_no_lock_or_pause() {
     a.repo.write("README.md", "edited\n");
     let head = a.repo.head();
     let status = a.repo.status();
-    git(a.repo.path(), &["remote", "set-url", "origin", "/nonexistent/remote.git"]);
-    let err = a.engine(Config::default()).run(&SyncOptions::default()).unwrap_err();
+    git(
+        a.repo.path(),
+        &["remote", "set-url", "origin", "/nonexistent/remote.git"],
+    );
+    let err = a
+        .engine(Config::default())
+        .run(&SyncOptions::default())
+        .unwrap_err();
     assert!(matches!(err, Error::RolledBack { .. }), "{err}");
     assert!(err.to_string().contains("/nonexistent/remote.git"), "{err}");
     // Back to the snapshot: HEAD, index and files as they were.
@@ -337,7 +370,10 @@ fn busy_lock_touches_nothing() {
     let held = SyncLock::new(&a.state)
         .acquire(&LockOptions::default(), Wait::Fail)
         .unwrap();
-    let err = a.engine(Config::default()).run(&SyncOptions::default()).unwrap_err();
+    let err = a
+        .engine(Config::default())
+        .run(&SyncOptions::default())
+        .unwrap_err();
     assert!(err.is_busy(), "{err}");
     drop(held);
     assert_eq!(remote.subjects(), vec!["initial".to_owned()]);
@@ -350,15 +386,24 @@ fn refuses_detached_head_merge_in_progress_and_no_remote() {
     let a = Side::new(&remote, "a");
     let head = a.repo.head();
     git(a.repo.path(), &["checkout", "-q", "--detach", &head]);
-    let err = a.engine(Config::default()).run(&SyncOptions::default()).unwrap_err();
+    let err = a
+        .engine(Config::default())
+        .run(&SyncOptions::default())
+        .unwrap_err();
     assert!(err.to_string().contains("detached"), "{err}");
     git(a.repo.path(), &["checkout", "-q", "main"]);
     std::fs::write(a.repo.path().join(".git/MERGE_HEAD"), format!("{head}\n")).unwrap();
-    let err = a.engine(Config::default()).run(&SyncOptions::default()).unwrap_err();
+    let err = a
+        .engine(Config::default())
+        .run(&SyncOptions::default())
+        .unwrap_err();
     assert!(err.to_string().contains("merge is in progress"), "{err}");
     std::fs::remove_file(a.repo.path().join(".git/MERGE_HEAD")).unwrap();
     git(a.repo.path(), &["remote", "remove", "origin"]);
-    let err = a.engine(Config::default()).run(&SyncOptions::default()).unwrap_err();
+    let err = a
+        .engine(Config::default())
+        .run(&SyncOptions::default())
+        .unwrap_err();
     assert!(err.to_string().contains("no remote `origin`"), "{err}");
     assert!(lock_free(&a.state));
 }
@@ -416,8 +461,10 @@ fn decision_engine_skips_with_a_reason() {
     let r = a.engine(Config::default()).run(&scheduled).unwrap();
     assert!(r.skipped());
     assert!(r.decision.why.contains("disabled"), "{}", r.decision.why);
-    let mut config = Config::default();
-    config.enabled = true;
+    let mut config = Config {
+        enabled: true,
+        ..Config::default()
+    };
     // No sync yet: runs.
     let r = a.engine(config.clone()).run(&scheduled).unwrap();
     assert!(!r.skipped(), "{}", r.decision.why);
@@ -425,7 +472,11 @@ fn decision_engine_skips_with_a_reason() {
     a.repo.write("x.txt", "x\n");
     let r = a.engine(config.clone()).run(&scheduled).unwrap();
     assert!(r.skipped());
-    assert!(r.decision.why.contains("min_time_between_syncs"), "{}", r.decision.why);
+    assert!(
+        r.decision.why.contains("min_time_between_syncs"),
+        "{}",
+        r.decision.why
+    );
     // Enough changes: runs.
     config.monitoring.max_file_changes_before_sync = 1;
     let r = a.engine(config.clone()).run(&scheduled).unwrap();

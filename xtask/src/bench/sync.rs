@@ -68,7 +68,9 @@ fn setup(root: &Path, name: &str, files: usize, clones: &[&str]) -> Result<Vec<P
         std::fs::create_dir_all(&dir)?;
         let mut body = String::new();
         for line in 0..8 {
-            body.push_str(&format!("file {i} line {line}: some ordinary source text\n"));
+            body.push_str(&format!(
+                "file {i} line {line}: some ordinary source text\n"
+            ));
         }
         std::fs::write(dir.join(format!("f{i:05}.txt")), body)?;
     }
@@ -129,7 +131,9 @@ fn remote_commit(other: &Path) -> Result<()> {
 
 fn wsync_cycle(ctx: &BenchCtx, work: &Path) -> Result<()> {
     exec(
-        Command::new(&ctx.wsync).current_dir(work).args(["-q", "sync"]),
+        Command::new(&ctx.wsync)
+            .current_dir(work)
+            .args(["-q", "sync"]),
         "wsync sync",
     )
 }
@@ -178,7 +182,9 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
     let (w_work, w_other) = (&w[0], &w[1]);
     let (g_work, g_other) = (&g[0], &g[1]);
     exec(
-        Command::new(&ctx.wsync).current_dir(w_work).args(["-q", "init"]),
+        Command::new(&ctx.wsync)
+            .current_dir(w_work)
+            .args(["-q", "init"]),
         "wsync init",
     )?;
     let wsync = |p: &Path| wsync_cycle(ctx, p);
@@ -251,7 +257,11 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
     for (name, mut v) in per_phase {
         v.sort_by(f64::total_cmp);
         let median = v.get(v.len() / 2).copied().unwrap_or(0.0);
-        rows.push(Row::solo(format!("wsync phase `{name}` (p50, in-process)"), median, "ms"));
+        rows.push(Row::solo(
+            format!("wsync phase `{name}` (p50, in-process)"),
+            median,
+            "ms",
+        ));
     }
     Ok(rows)
 }

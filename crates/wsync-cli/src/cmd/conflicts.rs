@@ -81,7 +81,10 @@ fn list(ctx: &Ctx, all: bool) -> Result<u8> {
                     .as_ref()
                     .map(|c| format!("remote version in {c}"))
                     .unwrap_or_else(|| format!("{} (kept {})", r.strategy, r.kept)),
-                r.note.as_ref().map(|n| format!(" — {n}")).unwrap_or_default(),
+                r.note
+                    .as_ref()
+                    .map(|n| format!(" — {n}"))
+                    .unwrap_or_default(),
             ));
         }
         if !all {

@@ -25,7 +25,11 @@ pub fn run(ctx: &Ctx, args: &EmergencyArgs) -> Result<u8> {
         match (report.stopped_pid, report.not_wsync) {
             (Some(pid), _) => s.push_str(&format!(
                 "stopped sync pid {pid}{}\n",
-                if report.killed { " (SIGKILL after the grace period)" } else { "" }
+                if report.killed {
+                    " (SIGKILL after the grace period)"
+                } else {
+                    ""
+                }
             )),
             (None, Some(pid)) => s.push_str(&format!(
                 "the lock holder pid {pid} is not a wsync process; left alone\n"

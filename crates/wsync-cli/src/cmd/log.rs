@@ -33,7 +33,10 @@ pub fn run(ctx: &Ctx, args: &LogArgs) -> Result<u8> {
                 e.files.len(),
                 e.integration,
                 if e.pushed { ", pushed" } else { "" },
-                e.message.as_ref().map(|m| format!(" — {m}")).unwrap_or_default()
+                e.message
+                    .as_ref()
+                    .map(|m| format!(" — {m}"))
+                    .unwrap_or_default()
             ));
         }
         s

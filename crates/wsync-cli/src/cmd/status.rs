@@ -67,7 +67,10 @@ fn human(r: &StatusReport) -> String {
             "last run: {} at {}{}\n",
             e.result,
             e.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
-            e.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default()
+            e.message
+                .as_ref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
         ));
     }
     s.push_str(&format!(
@@ -77,7 +80,9 @@ fn human(r: &StatusReport) -> String {
     if let (Some(b), Some(u)) = (&r.branch, &r.upstream) {
         match (r.ahead, r.behind) {
             (Some(a), Some(bh)) => {
-                s.push_str(&format!("branch: {b} → {u}: {a} ahead, {bh} behind (as of the last fetch)\n"));
+                s.push_str(&format!(
+                    "branch: {b} → {u}: {a} ahead, {bh} behind (as of the last fetch)\n"
+                ));
             }
             _ => s.push_str(&format!("branch: {b} → {u} (not fetched yet)\n")),
         }
@@ -94,7 +99,10 @@ fn human(r: &StatusReport) -> String {
     if r.conflicts.is_empty() {
         s.push_str("conflicts: none\n");
     } else {
-        s.push_str(&format!("conflicts: {} (`wsync conflicts list`)\n", r.conflicts.len()));
+        s.push_str(&format!(
+            "conflicts: {} (`wsync conflicts list`)\n",
+            r.conflicts.len()
+        ));
     }
     s
 }

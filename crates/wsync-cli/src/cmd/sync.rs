@@ -110,7 +110,11 @@ fn human(r: &SyncReport) -> String {
             "recovered an interrupted sync (phase {}, snapshot {}){}\n",
             rec.journal.phase,
             rec.journal.snapshot,
-            if rec.restored { ", workspace restored" } else { "" }
+            if rec.restored {
+                ", workspace restored"
+            } else {
+                ""
+            }
         ));
     }
     match r.outcome.as_str() {
