@@ -278,7 +278,15 @@ struct Shared {
 }
 
 fn worker(out_dir: &Path, name: &str, args: &FuzzArgs) -> Result<()> {
-    let scratch = out_dir.join("scratch").join(name);
+    // Scratch files live on tmpfs when there is one: the state-file
+    // targets fsync and rename on every run, which is disk-bound elsewhere.
+    let shm = Path::new("/dev/shm");
+    let scratch = if shm.is_dir() {
+        shm.join(format!("wsync-fuzz-{}", std::process::id()))
+            .join(name)
+    } else {
+        out_dir.join("scratch").join(name)
+    };
     let crash_dir = out_dir.join("crashes").join(name);
     std::fs::create_dir_all(&crash_dir)?;
     let mut target = targets::make(name, &scratch)?;
@@ -364,6 +372,9 @@ fn worker(out_dir: &Path, name: &str, args: &FuzzArgs) -> Result<()> {
     r.seconds = epoch.elapsed().as_secs_f64();
     r.execs_per_sec = n as f64 / r.seconds.max(1e-9);
     r.peak_rss_kib = proc_status_kib("VmHWM:").unwrap_or(0);
+    if shm.is_dir() {
+        let _ = std::fs::remove_dir_all(scratch.parent().unwrap_or(&scratch));
+    }
     let mut o = stdout.lock();
     writeln!(o, "result {}", serde_json::to_string(&r)?)?;
     o.flush()?;

@@ -8,14 +8,14 @@ use proptest::prelude::*;
 use wsync_filter::{Error, RuleSet, default_rules_text};
 
 const TOKENS: &[&str] = &[
-    "sync:", "block:", "ignore:", "bogus:", ":", "\n", "#", "(", ")", "*", "+", "{9999}", "\\",
-    "[", "(?i)", ".*", "^", "$", "é", "\u{0}",
+    "BLOCK:", "ALLOW:", "ANALYZE:", "allow:", "bogus:", ":", "\n", "#", "(", ")", "*", "+",
+    "{9999}", "\\", "[", "(?i)", ".*", "^", "$", "é", "\u{0}",
 ];
 
 fn mutated_rules() -> impl Strategy<Value = String> {
     let seeds = [
         default_rules_text().to_owned(),
-        "block:\\.log$:logs\nsync:^src/:source\n".to_owned(),
+        "BLOCK:\\.log$:logs\nALLOW:^src/:source\n".to_owned(),
     ];
     (
         0..seeds.len(),

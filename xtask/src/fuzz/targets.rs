@@ -95,9 +95,9 @@ const JSON_DICT: &[&[u8]] = &[
 ];
 
 const RULES_DICT: &[&[u8]] = &[
-    b"sync:",
-    b"block:",
-    b"ignore:",
+    b"ALLOW:",
+    b"BLOCK:",
+    b"ANALYZE:",
     b"bogus:",
     b":",
     b"\n",
@@ -480,7 +480,11 @@ impl Target for RulesTarget {
             wsync_filter::rules::default_rules_text()
                 .as_bytes()
                 .to_vec(),
-            b"block:\\.log$:logs\nsync:^src/:source\n# comment\n\nignore:.*:rest\n".to_vec(),
+            b"BLOCK:\\.log$:logs\nALLOW:^src/:source\n# comment\n\nANALYZE:.*:rest\n".to_vec(),
+            b"BLOCK:^node_modules/:deps\n".to_vec(),
+            b"ALLOW:(?i)\\.(rs|toml)$:code\n".to_vec(),
+            b"ANALYZE:^[^/]+\\.tmp$:temp files\n".to_vec(),
+            b"# only a comment\n".to_vec(),
         ])
     }
 
