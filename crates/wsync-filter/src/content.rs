@@ -3,11 +3,15 @@
 //! - identical bytes → [`ContentVerdict::Unchanged`];
 //! - no previous content → [`ContentVerdict::New`];
 //! - NUL bytes or invalid UTF-8 → [`ContentVerdict::Binary`] (rules decide);
-//! - both sides parse as JSON → semantically compared with the volatile keys
-//!   (glob patterns over key names, at any depth) removed;
-//! - otherwise a line diff (`similar`): if every changed line pairs with a
-//!   line that is equal once timestamps, epoch numbers and UUIDs are
-//!   replaced by a placeholder, the change is volatile-only.
+//! - JSON (a `.json` name, or both sides starting with `{`/`[`) →
+//!   semantically compared with the volatile keys (glob patterns over key
+//!   names, at any depth) ignored: a line-by-line fast path when only
+//!   `"key": value` lines changed (the usual pretty-printed rewrite), else
+//!   both documents parsed and compared as trees;
+//! - other text → volatile-only when the lines are the same except lines
+//!   that are equal once timestamps (date *and* time), epoch numbers and
+//!   UUIDs are replaced by a placeholder; added or removed lines are a real
+//!   change, located with a line diff (`similar`).
 //!
 //! [`log_or_backup`] names the files that are system output by name alone.
 
@@ -116,15 +120,75 @@ impl ContentAnalyzer {
         else {
             return ContentVerdict::Binary;
         };
-        if looks_like_json(path, old, new)
-            && let (Ok(a), Ok(b)) = (
-                serde_json::from_str::<Value>(old),
-                serde_json::from_str::<Value>(new),
-            )
-        {
+        if !looks_like_json(path, old, new) {
+            return self.compare_text(old, new);
+        }
+        if let Some(v) = self.compare_json_lines(old, new) {
+            return v;
+        }
+        if let (Ok(a), Ok(b)) = (
+            serde_json::from_str::<Value>(old),
+            serde_json::from_str::<Value>(new),
+        ) {
             return self.compare_json(&a, &b);
         }
         self.compare_text(old, new)
+    }
+
+    /// The fast path for pretty-printed JSON (the usual on-disk form): when
+    /// both have the same number of lines, `old` is valid JSON, and every
+    /// line that differs is a `"key": value` member with the same key (and
+    /// comma) on both sides, `new` is the same document with those values
+    /// replaced, so comparing them decides without building either tree.
+    /// `None`: use the full semantic comparison.
+    fn compare_json_lines(&self, old: &str, new: &str) -> Option<ContentVerdict> {
+        let mut volatile: Vec<String> = Vec::new();
+        let mut changed: Option<String> = None;
+        let (mut a_lines, mut b_lines) = (old.lines(), new.lines());
+        let mut line_no = 0usize;
+        loop {
+            let (a, b) = match (a_lines.next(), b_lines.next()) {
+                (None, None) => break,
+                (Some(a), Some(b)) => (a, b),
+                _ => return None,
+            };
+            line_no += 1;
+            if a == b {
+                continue;
+            }
+            let (ka, va, ca) = json_pair_line(a)?;
+            let (kb, vb, cb) = json_pair_line(b)?;
+            if ka != kb || ca != cb {
+                return None;
+            }
+            if self.is_volatile_key(ka) {
+                // Still one complete JSON value, so `new` stays valid.
+                serde_json::from_str::<serde::de::IgnoredAny>(vb).ok()?;
+                volatile.push(format!("{ka:?} (line {line_no})"));
+            } else if changed.is_none()
+                && serde_json::from_str::<Value>(va).ok()?
+                    != serde_json::from_str::<Value>(vb).ok()?
+            {
+                changed = Some(format!("JSON value of key {ka:?} changed (line {line_no})"));
+            }
+        }
+        if changed.is_none() && volatile.is_empty() {
+            return None;
+        }
+        // The argument above needs `old` to be valid JSON.
+        serde_json::from_str::<serde::de::IgnoredAny>(old).ok()?;
+        if let Some(why) = changed {
+            return Some(ContentVerdict::Changed(why));
+        }
+        let more = volatile.len().saturating_sub(5);
+        volatile.truncate(5);
+        if more > 0 {
+            volatile.push(format!("and {more} more"));
+        }
+        Some(ContentVerdict::VolatileOnly(format!(
+            "JSON differs only in volatile keys: {}",
+            volatile.join(", ")
+        )))
     }
 
     /// Semantic JSON comparison with volatile keys ignored at any depth.
@@ -216,60 +280,88 @@ impl ContentAnalyzer {
         }
     }
 
-    /// Line diff; volatile-only when every changed line pairs with a line
-    /// equal after normalising timestamps, epoch numbers and UUIDs.
+    /// Text: volatile-only when both have the same lines except lines that
+    /// are equal once timestamps, epoch numbers and UUIDs are replaced by a
+    /// placeholder. A change in the number of lines is a real change, and a
+    /// line diff (`similar`) says where.
     pub fn compare_text(&self, old: &str, new: &str) -> ContentVerdict {
-        let diff = TextDiff::configure()
-            .timeout(std::time::Duration::from_millis(200))
-            .diff_lines(old, new);
-        let old_lines: Vec<&str> = diff.old_slices().to_vec();
-        let new_lines: Vec<&str> = diff.new_slices().to_vec();
+        let (mut a_lines, mut b_lines) = (old.split_inclusive('\n'), new.split_inclusive('\n'));
         let mut changed = 0usize;
-        for op in diff.ops() {
-            match *op {
-                DiffOp::Equal { .. } => {}
-                DiffOp::Insert { new_index, .. } => {
-                    return ContentVerdict::Changed(format!("line {} added", new_index + 1));
-                }
-                DiffOp::Delete { old_index, .. } => {
-                    return ContentVerdict::Changed(format!("line {} removed", old_index + 1));
-                }
-                DiffOp::Replace {
-                    old_index,
-                    old_len,
-                    new_index,
-                    new_len,
-                } => {
-                    if old_len != new_len {
-                        return ContentVerdict::Changed(format!(
-                            "lines {}..{} replaced by {new_len} line(s)",
-                            old_index + 1,
-                            old_index + old_len
-                        ));
-                    }
-                    for i in 0..old_len {
-                        let (Some(a), Some(b)) =
-                            (old_lines.get(old_index + i), new_lines.get(new_index + i))
-                        else {
-                            return ContentVerdict::Changed("diff out of range".into());
-                        };
-                        if self.tokens.replace_all(a, "\u{0}T")
-                            != self.tokens.replace_all(b, "\u{0}T")
-                        {
-                            return ContentVerdict::Changed(format!(
-                                "line {} changed beyond timestamps",
-                                new_index + i + 1
-                            ));
-                        }
-                    }
-                    changed += old_len;
-                }
+        let mut line_no = 0usize;
+        loop {
+            let (a, b) = match (a_lines.next(), b_lines.next()) {
+                (None, None) => break,
+                (Some(a), Some(b)) => (a, b),
+                _ => return self.describe_line_change(old, new),
+            };
+            line_no += 1;
+            if a == b {
+                continue;
             }
+            if self.tokens.replace_all(a, "\u{0}T") != self.tokens.replace_all(b, "\u{0}T") {
+                return ContentVerdict::Changed(format!(
+                    "line {line_no} changed beyond timestamps"
+                ));
+            }
+            changed += 1;
         }
         ContentVerdict::VolatileOnly(format!(
             "{changed} changed line(s), all differing only in timestamps, epoch numbers or UUIDs"
         ))
     }
+
+    /// Where lines were added or removed (the first place), by line diff.
+    fn describe_line_change(&self, old: &str, new: &str) -> ContentVerdict {
+        let diff = TextDiff::configure()
+            .timeout(std::time::Duration::from_millis(200))
+            .diff_lines(old, new);
+        let why = diff
+            .ops()
+            .iter()
+            .find_map(|op| match *op {
+                DiffOp::Equal { .. } => None,
+                DiffOp::Insert {
+                    new_index, new_len, ..
+                } => Some(format!("{new_len} line(s) added at line {}", new_index + 1)),
+                DiffOp::Delete {
+                    old_index, old_len, ..
+                } => Some(format!(
+                    "{old_len} line(s) removed at line {}",
+                    old_index + 1
+                )),
+                DiffOp::Replace {
+                    old_index,
+                    old_len,
+                    new_len,
+                    ..
+                } => Some(format!(
+                    "lines {}..{} replaced by {new_len} line(s)",
+                    old_index + 1,
+                    old_index + old_len
+                )),
+            })
+            .unwrap_or_else(|| "the number of lines changed".into());
+        ContentVerdict::Changed(why)
+    }
+}
+
+/// Splits a line holding one object member, `"key": value[,]`, into the
+/// key (without escapes only), the value text and whether a comma follows.
+/// The value is checked by the caller. In valid JSON such a line can only
+/// be an object member: strings cannot span lines.
+fn json_pair_line(line: &str) -> Option<(&str, &str, bool)> {
+    let rest = line.trim().strip_prefix('"')?;
+    let end = rest.find('"')?;
+    let key = rest.get(..end)?;
+    if key.contains('\\') {
+        return None;
+    }
+    let rest = rest.get(end + 1..)?.trim_start().strip_prefix(':')?.trim();
+    let (value, comma) = match rest.strip_suffix(',') {
+        Some(v) => (v.trim_end(), true),
+        None => (rest, false),
+    };
+    (!value.is_empty()).then_some((key, value, comma))
 }
 
 fn is_binary(bytes: &[u8]) -> bool {

@@ -7,10 +7,12 @@
 //!   window still open while its pid is alive. The file is parsed
 //!   tolerantly (bad lines are skipped) and re-read only when its size or
 //!   mtime changes.
-//! - **Open files**: `/proc/*/fd` is scanned once per batch for links to the
-//!   `ANALYZE` candidates; each holder's command line (read with `sysinfo`,
-//!   one pid at a time) is matched against the system-process regexes, and
-//!   the per-pid answer is cached for a TTL (30 s). Processes we may not
+//! - **Open files**: once per batch, `/proc` is listed; each process's
+//!   command line (read with `sysinfo`, one pid at a time) is matched
+//!   against the system-process regexes, the per-pid answer cached for a TTL
+//!   (30 s; pids that are gone are dropped); then only the system
+//!   processes' `/proc/PID/fd` links are compared with the `ANALYZE`
+//!   candidates. Processes we may not
 //!   inspect, and systems without `/proc`, make the answer "unknown", never
 //!   an error.
 
@@ -263,18 +265,25 @@ impl ProcessLayer {
                 .map(|c| self.workspace.join(&c.path))
                 .collect();
             if !targets.is_empty() {
-                let scan = scan_open_files(Path::new("/proc"), &targets);
-                evidence.holders = scan.holders;
-                evidence.scan_note = if !scan.available {
-                    Some("open-file scan unavailable (no /proc): unknown".into())
-                } else if scan.unreadable > 0 {
-                    Some(format!(
-                        "open files of {} process(es) could not be inspected: unknown for those",
-                        scan.unreadable
-                    ))
-                } else {
-                    None
+                let (system, unknown) = match list_pids(Path::new("/proc")) {
+                    Some(pids) => self.system_pids(&pids),
+                    None => {
+                        evidence.scan_note =
+                            Some("open-file scan unavailable (no /proc): unknown".into());
+                        return evidence;
+                    }
                 };
+                // Only system processes matter, so only their descriptors
+                // are read: the per-path cost is a /proc listing plus the
+                // fds of a few processes, not of every process.
+                let scan = scan_fds(Path::new("/proc"), system.iter().copied(), &targets);
+                evidence.holders = scan.holders;
+                let blind = scan.unreadable + unknown;
+                if blind > 0 {
+                    evidence.scan_note = Some(format!(
+                        "{blind} process(es) could not be inspected: unknown for those"
+                    ));
+                }
             }
         }
         evidence
@@ -339,6 +348,28 @@ impl ProcessLayer {
         )))
     }
 
+    /// The listed pids whose command line matches a system pattern, and how
+    /// many could not be inspected. Each pid's answer is cached for the TTL;
+    /// entries of pids that are gone are dropped.
+    fn system_pids(&self, pids: &[u32]) -> (Vec<u32>, usize) {
+        let mut system = Vec::new();
+        let mut unknown = 0;
+        for &pid in pids {
+            match self.system_match(pid) {
+                Some((Some(_), _)) => system.push(pid),
+                Some((None, _)) => {}
+                // Exited meanwhile, or not ours to read.
+                None if Path::new("/proc").join(pid.to_string()).exists() => unknown += 1,
+                None => {}
+            }
+        }
+        if let Ok(mut cache) = self.pids.lock() {
+            let live: HashSet<u32> = pids.iter().copied().collect();
+            cache.pids.retain(|pid, _| live.contains(pid));
+        }
+        (system, unknown)
+    }
+
     /// Whether `pid`'s command line matches a system pattern (the index),
     /// and the command line; `None` if it cannot be read.
     fn system_match(&self, pid: u32) -> Option<(Option<usize>, String)> {
@@ -397,28 +428,42 @@ pub struct OpenFileScan {
     pub available: bool,
 }
 
-/// Scans `proc_root/*/fd` for descriptors linking to any of `targets`
-/// (absolute paths). Skips this process. Never fails: what cannot be read
-/// is counted in `unreadable`.
-pub fn scan_open_files(proc_root: &Path, targets: &HashSet<PathBuf>) -> OpenFileScan {
-    let mut scan = OpenFileScan::default();
-    let Ok(entries) = std::fs::read_dir(proc_root) else {
-        return scan;
-    };
-    scan.available = true;
+/// The numeric entries of `proc_root` except this process; `None` if it
+/// cannot be listed.
+fn list_pids(proc_root: &Path) -> Option<Vec<u32>> {
     let me = std::process::id();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let fd_dir = entry.path().join("fd");
+    let entries = std::fs::read_dir(proc_root).ok()?;
+    Some(
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+            .filter(|pid| *pid != me)
+            .collect(),
+    )
+}
+
+/// Scans `proc_root/*/fd` of every process (except this one) for
+/// descriptors linking to any of `targets` (absolute paths). Never fails:
+/// what cannot be read is counted in `unreadable`.
+pub fn scan_open_files(proc_root: &Path, targets: &HashSet<PathBuf>) -> OpenFileScan {
+    match list_pids(proc_root) {
+        Some(pids) => scan_fds(proc_root, pids.into_iter(), targets),
+        None => OpenFileScan::default(),
+    }
+}
+
+/// Scans `proc_root/PID/fd` of the given pids for links to `targets`.
+fn scan_fds(
+    proc_root: &Path,
+    pids: impl Iterator<Item = u32>,
+    targets: &HashSet<PathBuf>,
+) -> OpenFileScan {
+    let mut scan = OpenFileScan {
+        available: true,
+        ..OpenFileScan::default()
+    };
+    for pid in pids {
+        let fd_dir = proc_root.join(pid.to_string()).join("fd");
         let fds = match std::fs::read_dir(&fd_dir) {
             Ok(fds) => fds,
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {

@@ -120,6 +120,14 @@ fn touch_real(v: &mut Value, pick: usize) -> bool {
     }
 }
 
+fn render(v: &Value, pretty: bool) -> Vec<u8> {
+    if pretty {
+        serde_json::to_vec_pretty(v).unwrap()
+    } else {
+        serde_json::to_vec(v).unwrap()
+    }
+}
+
 fn analyzer() -> ContentAnalyzer {
     ContentAnalyzer::with_defaults().unwrap()
 }
@@ -128,22 +136,22 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
-    fn only_volatile_keys_changed_is_blocked(d in doc(), seed in any::<u64>(), pretty in any::<bool>()) {
+    fn only_volatile_keys_changed_is_blocked(d in doc(), seed in any::<u64>(), pretty in any::<bool>(), pretty_old in any::<bool>()) {
         let mut after = d.clone();
         touch_volatile(&mut after, seed);
-        let old = serde_json::to_vec(&d).unwrap();
+        let old = render(&d, pretty_old);
         let new = if pretty { serde_json::to_vec_pretty(&after).unwrap() } else { serde_json::to_vec(&after).unwrap() };
         let v = analyzer().compare("s.json", Some(&old), &new);
         prop_assert!(v.is_system(), "{:?}\nold {}\nnew {}", v, String::from_utf8_lossy(&old), String::from_utf8_lossy(&new));
     }
 
     #[test]
-    fn any_non_volatile_change_is_synced(d in doc(), pick in any::<usize>(), seed in any::<u64>()) {
+    fn any_non_volatile_change_is_synced(d in doc(), pick in any::<usize>(), seed in any::<u64>(), pretty_old in any::<bool>()) {
         let mut after = d.clone();
         touch_volatile(&mut after, seed);
         prop_assume!(touch_real(&mut after, pick));
         prop_assume!(after != d);
-        let old = serde_json::to_vec(&d).unwrap();
+        let old = render(&d, pretty_old);
         let new = serde_json::to_vec_pretty(&after).unwrap();
         let v = analyzer().compare("s.json", Some(&old), &new);
         prop_assert!(!v.is_system(), "{:?}\nold {}\nnew {}", v, String::from_utf8_lossy(&old), String::from_utf8_lossy(&new));
