@@ -91,7 +91,30 @@ fn edits_on_both_sides_converge() {
     assert_eq!(log.len(), 2);
     assert!(log.iter().all(|e| e.result == "ok"));
     assert!(log[0].phases.iter().any(|p| p.phase == "push"));
-    assert!(log[0].snapshot.is_some());
+    // The snapshot of each run carries its result.
+    let id = log[0].snapshot.clone().unwrap();
+    let result: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(a.state.join("snapshots").join(format!("{id}.result"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(result["result"], "ok");
+    assert_eq!(result["pushed"], true);
+}
+
+#[test]
+fn old_snapshots_are_cleaned_after_each_run() {
+    let remote = TestRemote::new();
+    let a = Side::new(&remote, "a");
+    let mut config = Config::default();
+    config.snapshots.keep = 2;
+    for i in 0..4 {
+        a.repo.write("n.txt", format!("{i}\n"));
+        a.engine(config.clone())
+            .run(&SyncOptions::default())
+            .unwrap();
+    }
+    let store = wsync_snapshot::SnapshotStore::open(a.repo.path(), &a.state).unwrap();
+    assert_eq!(store.list().unwrap().len(), 2);
 }
 
 #[test]
