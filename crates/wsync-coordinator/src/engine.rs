@@ -959,7 +959,7 @@ impl SyncEngine {
             .map_err(Error::git(ws, "find the remote commit"))?;
         let Some(local) = local else {
             // Unborn branch: take the remote as it is.
-            self.checkout_and_move(repo, target, None, &remote_commit, opts, report)?;
+            self.checkout_and_move(repo, target, None, &remote_commit, classifier, opts, report)?;
             report.integration = Integration::FastForward;
             return Ok(());
         };
@@ -984,6 +984,7 @@ impl SyncEngine {
                 target,
                 Some(&local_commit),
                 &remote_commit,
+                classifier,
                 opts,
                 report,
             )?;
@@ -1052,6 +1053,7 @@ impl SyncEngine {
             target,
             Some(&local_commit),
             &merge_commit,
+            classifier,
             opts,
             report,
         )?;
@@ -1063,12 +1065,14 @@ impl SyncEngine {
 
     /// Checks out `to` over `from` (only what changed, never overwriting a
     /// file that differs locally), then moves the branch to it.
+    #[allow(clippy::too_many_arguments)]
     fn checkout_and_move(
         &self,
         repo: &Repository,
         target: &Target,
         from: Option<&Commit<'_>>,
         to: &Commit<'_>,
+        classifier: &Classifier,
         opts: &SyncOptions,
         report: &mut SyncReport,
     ) -> Result<(), Error> {
@@ -1132,9 +1136,65 @@ impl SyncEngine {
             // new commit so they show as local modifications.
             repo.reset_default(Some(to.as_object()), kept.iter())
                 .map_err(Error::git(ws, "update the index"))?;
+            for path in &kept {
+                if let Some(record) = self.keep_both(repo, &to_tree, path, classifier, to)? {
+                    report.conflicts.push(record);
+                }
+            }
             report.kept_local.extend(kept);
         }
         Ok(())
+    }
+
+    /// A user file that changed locally while the sync ran (after its
+    /// changes were committed) and that the remote also changed: the local
+    /// version stays, the incoming one is written beside it as a conflict
+    /// copy (committed by the next sync), so neither is lost.
+    fn keep_both(
+        &self,
+        repo: &Repository,
+        to_tree: &Tree<'_>,
+        path: &str,
+        classifier: &Classifier,
+        to: &Commit<'_>,
+    ) -> Result<Option<ConflictRecord>, Error> {
+        if classifier.is_system_path(path) || conflicts::is_conflict_copy(path) {
+            return Ok(None);
+        }
+        let Ok(entry) = to_tree.get_path(Path::new(path)) else {
+            return Ok(None);
+        };
+        let Ok(blob) = repo.find_blob(entry.id()) else {
+            return Ok(None);
+        };
+        let local = self.workspace.join(path);
+        if std::fs::read(&local).is_ok_and(|b| b == blob.content()) {
+            return Ok(None);
+        }
+        let now = Utc::now();
+        let mut name = conflicts::conflict_copy_name(path, now, &self.host);
+        let mut n = 1;
+        while self.workspace.join(&name).symlink_metadata().is_ok() {
+            name = format!(
+                "{}-{n}",
+                conflicts::conflict_copy_name(path, now, &self.host)
+            );
+            n += 1;
+        }
+        crate::fsutil::write_atomic(&self.workspace.join(&name), blob.content())?;
+        Ok(Some(ConflictRecord {
+            time: now,
+            path: path.to_owned(),
+            copy: Some(name),
+            strategy: crate::config::Strategy::Manual.as_str().into(),
+            kept: "ours".into(),
+            note: Some(
+                "changed locally while the sync ran; the incoming version is beside it".into(),
+            ),
+            local_commit: String::new(),
+            remote_commit: to.id().to_string(),
+            host: self.host.clone(),
+        }))
     }
 
     /// Recovers from a killed run, if `<state>/sync-in-progress.json` says
@@ -1240,11 +1300,26 @@ impl SyncEngine {
             return;
         };
         let git_dir = repo.path().to_path_buf();
-        let candidates = [
+        let mut candidates = vec![
             git_dir.join("index.lock"),
             git_dir.join("HEAD.lock"),
+            git_dir.join("ORIG_HEAD.lock"),
+            git_dir.join("packed-refs.lock"),
             git_dir.join(format!("refs/heads/{}.lock", journal.branch)),
         ];
+        // A fetch killed while updating the remote-tracking branch leaves
+        // `refs/remotes/<remote>/<branch>.lock`, which fails every later fetch.
+        let mut dirs = vec![git_dir.join("refs/remotes").join(&self.config.remote.name)];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "lock") {
+                    candidates.push(path);
+                }
+            }
+        }
         let since: std::time::SystemTime = journal.started_at.into();
         for lock in candidates {
             let stale = lock

@@ -553,3 +553,33 @@ fn first_push_creates_the_remote_branch() {
     let out = git_output(remote.bare(), &["rev-parse", "feature"]);
     assert!(out.status.success());
 }
+
+#[test]
+fn a_file_edited_during_the_sync_is_kept_and_the_incoming_one_put_beside_it() {
+    let remote = TestRemote::new();
+    let a = Side::new(&remote, "a");
+    let b = Side::new(&remote, "b");
+    b.repo.write("README.md", "# from b\n");
+    b.sync();
+    let path = a.repo.path().join("README.md");
+    let opts = SyncOptions {
+        on_phase: Some(Arc::new(move |p| {
+            if p == Phase::Fetched {
+                // The user saves while the sync is between fetch and checkout.
+                std::fs::write(&path, "# typed during the sync\n").unwrap();
+            }
+        })),
+        ..SyncOptions::default()
+    };
+    let r = a.engine(Config::default()).run(&opts).unwrap();
+    assert_eq!(r.kept_local, vec!["README.md".to_owned()]);
+    assert_eq!(a.repo.read("README.md"), "# typed during the sync\n");
+    assert_eq!(r.conflicts.len(), 1);
+    let copy = r.conflicts[0].copy.clone().unwrap();
+    assert_eq!(a.repo.read(&copy), "# from b\n");
+    // The next sync commits both; nothing is lost on either machine.
+    a.sync();
+    b.sync();
+    assert_eq!(b.repo.read("README.md"), "# typed during the sync\n");
+    assert_eq!(b.repo.read(&copy), "# from b\n");
+}
