@@ -334,7 +334,7 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
         let mut text = std::fs::read(&small)?;
         text.extend_from_slice(format!("edit {round}\n").as_bytes());
         std::fs::write(&small, text)?;
-        flip_byte(&eight, 1_000_003 + round * 2_000_017)?;
+        flip_byte(&eight, (1_000_003 + round * 2_000_017) % (8 << 20))?;
         let (t, out) = exec(env.wsync("push", &src, &dw, &["--json"]), "wsync push")?;
         let v: serde_json::Value = serde_json::from_str(&out).context("wsync --json output")?;
         bws.push(v["bytes_sent"].as_f64().unwrap_or(0.0));
@@ -350,7 +350,7 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
         let mut text = std::fs::read(&small)?;
         text.extend_from_slice(format!("edit {round}\n").as_bytes());
         std::fs::write(&small, text)?;
-        flip_byte(&eight, 1_000_003 + round * 2_000_017)?;
+        flip_byte(&eight, (1_000_003 + round * 2_000_017) % (8 << 20))?;
         twr.push(
             exec(
                 env.wsync("push", &src, &dw, &["--ssh-reuse"]),
