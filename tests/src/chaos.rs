@@ -197,6 +197,10 @@ pub struct Trial {
     pub system_committed: Vec<String>,
     /// State files or commands that did not parse.
     pub unreadable: Vec<String>,
+    /// User edits that the recovered run did not deliver: sync/daemon, a
+    /// file of `a` missing from the remote's `main`; remote, a path whose
+    /// two sides differ.
+    pub not_synced: Vec<String>,
     /// wsync temp files left inside state folders (not a goal).
     pub litter: usize,
     /// Harness trouble (set-up failed): the trial says nothing about wsync.
@@ -214,6 +218,7 @@ impl Trial {
             && self.temps_at_final.is_empty()
             && self.system_committed.is_empty()
             && self.unreadable.is_empty()
+            && self.not_synced.is_empty()
     }
 }
 
@@ -246,6 +251,8 @@ pub struct ScenarioReport {
     pub system_committed: usize,
     /// Unreadable state (goal 0).
     pub unreadable: usize,
+    /// User edits not delivered by the recovered run (goal 0).
+    pub not_synced: usize,
     /// Harness errors (goal 0: a trial that did not run says nothing).
     pub harness_errors: usize,
     /// Manifest entries found only under another path.
@@ -282,6 +289,7 @@ impl ScenarioReport {
             temps_at_final: count(&|x| x.temps_at_final.len()),
             system_committed: count(&|x| x.system_committed.len()),
             unreadable: count(&|x| x.unreadable.len()),
+            not_synced: count(&|x| x.not_synced.len()),
             harness_errors: count(&|x| usize::from(x.harness_error.is_some())),
             relocated: count(&|x| x.relocated.len()),
             litter: count(&|x| x.litter + x.user_tree_temps.len()),
@@ -358,6 +366,7 @@ pub fn run_scenario(
             user_tree_temps: Vec::new(),
             system_committed: Vec::new(),
             unreadable: Vec::new(),
+            not_synced: Vec::new(),
             litter: 0,
             harness_error: None,
         };
@@ -383,8 +392,8 @@ pub fn run_scenario(
 /// The Markdown table of a campaign.
 pub fn markdown_table(reports: &[ScenarioReport]) -> String {
     let mut s = String::from(
-        "| scenario | un-killed run | trials | kills per phase | recoveries | bytes lost (goal 0) | stuck locks (goal 0) | fsck failures (goal 0) | torn/temp file at final path (goal 0) | system writes committed (goal 0) | unreadable state (goal 0) | harness errors (goal 0) | temp litter left (no goal) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | un-killed run | trials | kills per phase | recoveries | bytes lost (goal 0) | stuck locks (goal 0) | fsck failures (goal 0) | torn/temp file at final path (goal 0) | system writes committed (goal 0) | unreadable state (goal 0) | edits not synced after recovery (goal 0) | harness errors (goal 0) | temp litter left (no goal) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in reports {
         let phases: Vec<String> = r.phases.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -400,7 +409,7 @@ pub fn markdown_table(reports: &[ScenarioReport]) -> String {
             })
             .collect();
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.scenario.as_str(),
             dur.join(", "),
             r.trials,
@@ -413,6 +422,7 @@ pub fn markdown_table(reports: &[ScenarioReport]) -> String {
             r.temps_at_final,
             r.system_committed,
             r.unreadable,
+            r.not_synced,
             r.harness_errors,
             r.litter,
         ));
@@ -446,6 +456,9 @@ struct Setup {
     daemon_starts: usize,
     /// Remote: the blob of each path right after the first sync (the base).
     base: BTreeMap<Vec<u8>, String>,
+    /// Sync, daemon: (path, blob) of `a`'s HEAD before the trial; a
+    /// manifest entry of `a` not in it is a user edit the run must push.
+    a_head: HashSet<(Vec<u8>, String)>,
 }
 
 struct Env {
@@ -489,6 +502,20 @@ fn write(root: &Path, rel: &str, data: &[u8]) -> Result<()> {
         std::fs::create_dir_all(parent).map_err(io(parent))?;
     }
     std::fs::write(&p, data).map_err(io(&p))
+}
+
+/// Sets the mtime of every user file under `root` to `age` ago.
+fn backdate(root: &Path, age: Duration) -> Result<()> {
+    let when = std::time::SystemTime::now() - age;
+    for (rel, _) in walk(root)? {
+        let p = root.join(OsStr::from_bytes(&rel));
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .and_then(|f| f.set_modified(when))
+            .map_err(io(&p))?;
+    }
+    Ok(())
 }
 
 fn random_bytes(rng: &mut fastrand::Rng, n: usize) -> Vec<u8> {
@@ -553,6 +580,7 @@ impl Env {
             ticket: None,
             daemon_starts: 0,
             base: BTreeMap::new(),
+            a_head: HashSet::new(),
             _tmp: tmp,
         };
         match scenario {
@@ -609,6 +637,11 @@ impl Env {
                     ("remote.git".into(), bare.clone()),
                 ];
                 s.bare = Some(bare);
+                // The user's edits were made a while ago: the filter
+                // attributes changes within 500 ms of a `wsync guard`
+                // window to the autonomous writer, which starts now.
+                backdate(&a, Duration::from_secs(30))?;
+                s.a_head = tree_blobs(&a, "HEAD")?;
                 if scenario == Scenario::Sync {
                     s.writer = Some(Writer::start(&self.bin, &a));
                 } else {
@@ -1065,24 +1098,32 @@ fn collect_found(s: &Setup) -> Result<Found> {
     for (_, repo) in &s.repos {
         let commits = git(repo, &["rev-list", "--all"])?;
         for c in commits.lines() {
-            let out = git_out(repo, &["ls-tree", "-r", "-z", "--full-tree", c])?;
-            for rec in out.stdout.split(|b| *b == 0) {
-                // "<mode> <type> <oid>\t<path>"
-                let Some(tab) = rec.iter().position(|b| *b == b'\t') else {
-                    continue;
-                };
-                let head = String::from_utf8_lossy(rec.get(..tab).unwrap_or_default()).into_owned();
-                let path = rec.get(tab + 1..).unwrap_or_default().to_vec();
-                let mut parts = head.split(' ');
-                if parts.nth(1) == Some("blob") {
-                    if let Some(oid) = parts.next() {
-                        f.add(path, oid.to_owned());
-                    }
-                }
+            for (path, oid) in tree_blobs(repo, c)? {
+                f.add(path, oid);
             }
         }
     }
     Ok(f)
+}
+
+/// (path, blob) of every file in `rev`'s tree.
+fn tree_blobs(repo: &Path, rev: &str) -> Result<HashSet<(Vec<u8>, String)>> {
+    let out = git_out(repo, &["ls-tree", "-r", "-z", "--full-tree", rev])?;
+    let mut set = HashSet::new();
+    for rec in out.stdout.split(|b| *b == 0) {
+        // "<mode> <type> <oid>\t<path>"
+        let Some(tab) = rec.iter().position(|b| *b == b'\t') else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(rec.get(..tab).unwrap_or_default()).into_owned();
+        let mut parts = head.split(' ');
+        if parts.nth(1) == Some("blob") {
+            if let Some(oid) = parts.next() {
+                set.insert((rec.get(tab + 1..).unwrap_or_default().to_vec(), oid.to_owned()));
+            }
+        }
+    }
+    Ok(set)
 }
 
 /// Names of wsync temp files (read from the crates' fsutil code):
@@ -1218,6 +1259,49 @@ impl Env {
         self.check(&s, &manifest, &known, t)
     }
 
+    /// Whether the recovered run finished the job.
+    fn check_delivered(&self, s: &Setup, manifest: &Manifest, t: &mut Trial) -> Result<()> {
+        match s.scenario {
+            Scenario::Rollback => {}
+            Scenario::Sync | Scenario::Daemon => {
+                let Some(bare) = &s.bare else { return Ok(()) };
+                let tip = tree_blobs(bare, "main")?;
+                for ((label, path), (blob, _)) in manifest {
+                    if label == "a"
+                        && !path.starts_with(b"ignored/")
+                        && !s.a_head.contains(&(path.clone(), blob.clone()))
+                        && !tip.contains(&(path.clone(), blob.clone()))
+                    {
+                        t.not_synced.push(format!("a:{}", String::from_utf8_lossy(path)));
+                    }
+                }
+            }
+            Scenario::Remote => {
+                let mut sides = Vec::new();
+                for (_, root) in &s.trees {
+                    let files: Vec<_> = walk(root)?
+                        .into_iter()
+                        .filter(|(p, _)| !is_wsync_temp(file_name(p)))
+                        .collect();
+                    let ids = hash_files(root, &files)?;
+                    let m: BTreeMap<Vec<u8>, String> =
+                        files.into_iter().map(|(p, _)| p).zip(ids).collect();
+                    sides.push(m);
+                }
+                if let [x, y] = sides.as_slice() {
+                    for k in x.keys().chain(y.keys()) {
+                        if x.get(k) != y.get(k) {
+                            t.not_synced.push(String::from_utf8_lossy(k).into_owned());
+                        }
+                    }
+                    t.not_synced.sort();
+                    t.not_synced.dedup();
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn snapshot_count(&self, s: &Setup) -> usize {
         if s.scenario == Scenario::Remote {
             return 0;
@@ -1350,6 +1434,7 @@ impl Env {
                 }
             }
         }
+        self.check_delivered(s, manifest, t)?;
         // Locks and pauses.
         if s.scenario != Scenario::Remote {
             let lock = self.wsync_out(&s.ws, &["--json", "lock", "status"])?;
