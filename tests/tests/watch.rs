@@ -95,3 +95,68 @@ fn watch_syncs_user_edits_and_ignores_system_and_own_writes() {
 fn watch_by_polling_behaves_the_same() {
     check(true);
 }
+
+/// With the inotify watch limit reached (a user namespace with a limit of
+/// 3 watches), the watcher warns, falls back to polling and still syncs.
+#[test]
+fn watch_falls_back_to_polling_at_the_inotify_limit() {
+    let probe = std::process::Command::new("unshare")
+        .args([
+            "-Ur",
+            "sh",
+            "-c",
+            "echo 3 > /proc/sys/user/max_inotify_watches",
+        ])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        assert!(
+            !wsync_testutils::in_ci(),
+            "CI needs `unshare -Ur` with a writable /proc/sys/user/max_inotify_watches"
+        );
+        eprintln!("skipping: cannot lower the inotify limit in a user namespace here");
+        return;
+    }
+    let remote = TestRemote::new();
+    let a = remote.clone_repo("a");
+    for d in ["one", "two", "three", "four", "five"] {
+        a.write(format!("{d}/keep.txt"), "x\n");
+    }
+    a.commit_all("folders");
+    git(a.path(), &["push", "-q", "origin", "HEAD:main"]);
+    configure(&a, false);
+    let log = a.path().join(".wsync/watch-test.log");
+    let mut cmd = std::process::Command::new("unshare");
+    wsync_testutils::hermetic(&mut cmd);
+    cmd.current_dir(a.path())
+        .args([
+            "-Ur",
+            "sh",
+            "-c",
+            "echo 3 > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\"",
+        ])
+        .arg(wsync_testutils::wsync_bin())
+        .args(["watch", "--log-file"])
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut w = KillOnDrop(cmd.spawn().unwrap());
+    assert!(wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("watching")
+    }));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("WARNING") && text.contains("polling"),
+        "{text}"
+    );
+    assert!(text.contains("by polling"), "{text}");
+    a.write("four/new.rs", "fn f() {}\n");
+    assert!(
+        wait_until(Duration::from_secs(30), || remote.subjects().len() == 3),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    w.kill();
+}
