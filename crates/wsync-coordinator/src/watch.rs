@@ -683,3 +683,63 @@ impl Core {
         self.request(&changes, why);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify_debouncer_full::DebouncedEvent;
+    use wsync_testutils::TestRepo;
+
+    fn next(rx: &Receiver<WatchEvent>, what: impl Fn(&WatchEvent) -> bool) -> WatchEvent {
+        let end = Instant::now() + Duration::from_secs(10);
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            if let Ok(e) = rx.recv_timeout(left)
+                && what(&e)
+            {
+                return e;
+            }
+        }
+        panic!("event not seen");
+    }
+
+    /// An overflow (the kernel dropped events) makes the watcher reconcile
+    /// with a full status: a change it never saw an event for is found.
+    #[test]
+    fn overflow_runs_a_full_reconcile() {
+        let repo = TestRepo::with_commit();
+        let state = repo.path().join(".wsync");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(repo.path().join(".git/info/exclude"), "/.wsync/\n").unwrap();
+        repo.write("unseen.rs", "fn main() {}\n");
+        let (tx, rx) = channel();
+        let w = Watcher::start(
+            &WatchOptions {
+                workspace: repo.path().to_path_buf(),
+                state_dir: state.clone(),
+                config: WatchConfig::default(),
+                filters: crate::config::FiltersConfig::default(),
+            },
+            Box::new(move |e| {
+                let _ = tx.send(e);
+            }),
+        )
+        .unwrap();
+        // The start-up reconcile finds it; clear the queue, then overflow.
+        next(&rx, |e| matches!(e, WatchEvent::Requested { .. }));
+        Queue::new(&state).clear().unwrap();
+        let rescan = notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+        w.tx.send(Msg::Events(Ok(vec![DebouncedEvent::new(
+            rescan,
+            Instant::now(),
+        )])))
+        .unwrap();
+        next(&rx, |e| matches!(e, WatchEvent::Rescan));
+        let e = next(&rx, |e| matches!(e, WatchEvent::Requested { .. }));
+        assert!(
+            matches!(&e, WatchEvent::Requested { paths, .. } if paths == &[PathBuf::from("unseen.rs")]),
+            "{e:?}"
+        );
+        assert_eq!(Queue::new(&state).list().unwrap().len(), 1);
+        w.stop();
+    }
+}
