@@ -33,11 +33,21 @@ fn spawn_daemon(repo: &TestRepo) -> KillOnDrop {
     d
 }
 
+/// Stops a background daemon when the test ends, even on a failure.
+struct StopOnDrop(std::path::PathBuf);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = wsync(&self.0, &["daemon", "stop", "--timeout", "30"]);
+    }
+}
+
 #[test]
 fn start_status_logs_stop() {
     let remote = TestRemote::new();
     let a = remote.clone_repo("a");
     wsync_ok(a.path(), &["init"]);
+    let _guard = StopOnDrop(a.path().to_path_buf());
     let out = wsync_ok(a.path(), &["daemon", "start"]);
     assert!(out.contains("daemon started"), "{out}");
     let again = wsync_ok(a.path(), &["daemon", "start"]);
@@ -203,6 +213,7 @@ fn corrupt_state_files_are_kept_aside_and_the_daemon_starts_clean() {
     let out = wsync(repo.path(), &["daemon", "status"]);
     assert_eq!(out.status.code(), Some(1));
     // The daemon keeps copies and starts clean.
+    let _guard = StopOnDrop(repo.path().to_path_buf());
     wsync_ok(repo.path(), &["daemon", "start"]);
     let names: Vec<String> = std::fs::read_dir(&state)
         .unwrap()
