@@ -540,20 +540,22 @@ impl Queue {
     /// Every finished entry, oldest first. A bad line is an error naming
     /// the file and line.
     pub fn history(&self) -> Result<Vec<HistoryRecord>> {
-        let text = match std::fs::read_to_string(&self.history_path) {
-            Ok(t) => t,
+        let bytes = match std::fs::read(&self.history_path) {
+            Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(store::io_err(&self.history_path, e)),
         };
+        let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+        let last = lines.len().saturating_sub(1);
         let mut out = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
+        for (n, line) in lines.iter().enumerate() {
+            if line.trim_ascii().is_empty() {
                 continue;
             }
-            match serde_json::from_str(line) {
+            match serde_json::from_slice(line) {
                 Ok(r) => out.push(r),
-                // A torn last line (SIGKILL mid-append) is skipped.
-                Err(_) if n + 1 == text.lines().count() && !text.ends_with('\n') => {}
+                // A torn last line (SIGKILL mid-append) has no newline yet.
+                Err(_) if n == last => {}
                 Err(source) => {
                     return Err(Error::CorruptLine {
                         path: self.history_path.clone(),
