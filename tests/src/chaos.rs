@@ -193,7 +193,9 @@ pub struct Trial {
     /// wsync temp files left in a user folder (under their temp name, never
     /// synced; `wsync remote` removes its own after an hour). Not a goal.
     pub user_tree_temps: Vec<String>,
-    /// Files of the autonomous writer that reached a remote commit.
+    /// Files of the autonomous writer that reached a remote commit, and a
+    /// remote `main` that is not a descendant of the one before the trial
+    /// (history rewritten: a force-push).
     pub system_committed: Vec<String>,
     /// State files or commands that did not parse.
     pub unreadable: Vec<String>,
@@ -392,7 +394,7 @@ pub fn run_scenario(
 /// The Markdown table of a campaign.
 pub fn markdown_table(reports: &[ScenarioReport]) -> String {
     let mut s = String::from(
-        "| scenario | un-killed run | trials | kills per phase | recoveries | bytes lost (goal 0) | stuck locks (goal 0) | fsck failures (goal 0) | torn/temp file at final path (goal 0) | system writes committed (goal 0) | unreadable state (goal 0) | edits not synced after recovery (goal 0) | harness errors (goal 0) | temp litter left (no goal) |\n\
+        "| scenario | un-killed run | trials | kills per phase | recoveries | bytes lost (goal 0) | stuck locks (goal 0) | fsck failures (goal 0) | torn/temp file at final path (goal 0) | system write committed or history rewritten (goal 0) | unreadable state (goal 0) | edits not synced after recovery (goal 0) | harness errors (goal 0) | temp litter left (no goal) |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in reports {
@@ -1219,7 +1221,11 @@ impl Env {
         t.manifest_files = manifest.len();
         let known = collect_found(&s)?.blobs;
         let snaps_before = self.snapshot_count(&s);
-        let remote_before = s.bare.as_ref().and_then(|b| git(b, &["rev-parse", "main"]).ok());
+        let remote_before = s
+            .bare
+            .as_ref()
+            .and_then(|b| git(b, &["rev-parse", "main"]).ok())
+            .map(|o| o.trim().to_owned());
 
         // The killed run.
         let mut child = self.spawn(&s)?;
@@ -1256,6 +1262,13 @@ impl Env {
             t.recovery_error = Some(end.detail);
         }
         drop(s.writer.take());
+        if let (Some(bare), Some(before)) = (&s.bare, &remote_before) {
+            let kept = git_out(bare, &["merge-base", "--is-ancestor", before, "main"])?;
+            if !kept.status.success() {
+                t.system_committed
+                    .push(format!("remote.git: main no longer contains {before} (force-push)"));
+            }
+        }
         self.check(&s, &manifest, &known, t)
     }
 
@@ -1348,6 +1361,7 @@ impl Env {
                         .bare
                         .as_ref()
                         .and_then(|b| git(b, &["rev-parse", "main"]).ok())
+                        .map(|o| o.trim().to_owned())
                         .as_deref()
                         != remote_before;
                     if moved {
