@@ -102,9 +102,12 @@ pub(crate) fn scan(
     }
 
     let jobs: Vec<Job<'_, '_>> = dirs.iter().map(|(d, v)| (*d, v)).collect();
+    // More threads than cores still help a little: much of the time is
+    // spent waiting in the kernel.
     let threads = std::thread::available_parallelism()
         .map_or(2, std::num::NonZero::get)
-        .clamp(1, 4);
+        .saturating_mul(2)
+        .clamp(1, (tracked.len() / 1000).clamp(1, 8));
     // Deal folders out round-robin by size so threads get similar work.
     let mut order: Vec<usize> = (0..jobs.len()).collect();
     order.sort_by_key(|&j| std::cmp::Reverse(jobs.get(j).map_or(0, |(_, v)| v.0.len())));

@@ -9,9 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use wsync_snapshot::{CaptureOptions, RestoreOptions, SnapshotStore};
+use wsync_snapshot::{CaptureOptions, SnapshotStore};
 
-use super::{BenchCtx, Row, ms, stats, time_n};
+use super::{BenchCtx, Row, ms, stats};
 
 const GIT_ENV: &[(&str, &str)] = &[
     ("GIT_CONFIG_GLOBAL", "/dev/null"),
@@ -70,7 +70,9 @@ fn generate(work: &Path, files: usize) -> Result<()> {
         std::fs::create_dir_all(&dir)?;
         let mut body = String::new();
         for line in 0..8 {
-            body.push_str(&format!("file {i} line {line}: some ordinary source text\n"));
+            body.push_str(&format!(
+                "file {i} line {line}: some ordinary source text\n"
+            ));
         }
         std::fs::write(dir.join(format!("f{i:05}.txt")), body)?;
     }
@@ -91,10 +93,7 @@ fn modify(work: &Path, files: usize, round: usize) -> Result<()> {
         text.push_str(&format!("edited in round {round}\n"));
         std::fs::write(&path, text)?;
     }
-    std::fs::write(
-        work.join(format!("untracked-{round}.txt")),
-        "a new file\n",
-    )?;
+    std::fs::write(work.join(format!("untracked-{round}.txt")), "a new file\n")?;
     Ok(())
 }
 
@@ -112,82 +111,109 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
     let objects = work.join(".git/objects");
     let mut rows = Vec::new();
 
-    // The old system: a bundle of everything plus the diff, per sync.
-    let old = work.join("old-approach");
-    std::fs::create_dir_all(&old)?;
-    let mut n = 0;
-    let old_disk0 = du(&old);
-    let mut bundle = time_n(runs, || {
-        n += 1;
-        let base = old.join(format!("sync_{n}"));
-        let b = format!("{}.bundle", base.display());
-        git(&work, &["bundle", "create", "-q", &b, "--all"])?;
-        let diff = git(&work, &["diff", "HEAD"])?;
-        std::fs::write(format!("{}.diff", base.display()), diff)?;
-        let status = git(&work, &["status", "--porcelain"])?;
-        let count = status.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
-        std::fs::write(
-            format!("{}.meta", base.display()),
-            format!("{{\"git_status_files\": {count}}}\n"),
-        )?;
-        Ok(())
-    })?;
-    let bundle_disk = (du(&old) - old_disk0) as f64 / (runs + 1) as f64;
-    std::fs::remove_dir_all(&old)?;
-    let bundle = stats(&mut bundle);
-
-    // wsync, in-process.
+    // The four approaches run round-robin, so that the machine's load
+    // (shared, 2 cores) hits them alike; the first round is a warm-up.
     let store = SnapshotStore::open(&work, &state)?;
     let opts = CaptureOptions {
         reason: "bench".into(),
         ..CaptureOptions::default()
     };
-    let disk0 = du(&objects) + du(&state);
-    let mut lib = time_n(runs, || {
-        store.capture(&opts)?;
-        Ok(())
-    })?;
-    let wsync_disk = (du(&objects) + du(&state) - disk0) as f64 / (runs + 1) as f64;
-    let lib = stats(&mut lib);
-
-    // wsync, through the CLI.
     let ws = work.to_string_lossy().into_owned();
-    let mut cli = time_n(runs, || {
+    let old = work.join("old-approach");
+    std::fs::create_dir_all(&old)?;
+    let tmp_index: PathBuf = tmp.path().join("bench-index");
+    let idx = tmp_index.to_string_lossy().into_owned();
+    let run_idx = |args: &[&str]| -> Result<Vec<u8>> {
+        let out = git_cmd(&work)
+            .env("GIT_INDEX_FILE", &idx)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(out.stdout)
+    };
+    let (mut lib, mut cli, mut bundle, mut addall) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut wsync_disk, mut bundle_disk, mut addall_disk) = (0u64, 0u64, 0u64);
+    for round in 0..=runs {
+        let keep = round > 0;
+        // wsync, in-process.
+        let before = du(&objects) + du(&state);
+        let t = Instant::now();
+        store.capture(&opts)?;
+        let e = t.elapsed();
+        let grown = (du(&objects) + du(&state)).saturating_sub(before);
+        if keep {
+            lib.push(e);
+            wsync_disk += grown;
+        }
+        // wsync, through the CLI.
+        let t = Instant::now();
         let status = Command::new(&ctx.wsync)
-            .args(["-q", "--workspace", &ws, "snapshot", "create", "--reason", "bench"])
+            .args([
+                "-q",
+                "--workspace",
+                &ws,
+                "snapshot",
+                "create",
+                "--reason",
+                "bench",
+            ])
             .stdout(Stdio::null())
             .status()?;
         if !status.success() {
             bail!("wsync snapshot create failed: {status}");
         }
-        Ok(())
-    })?;
-    let cli = stats(&mut cli);
-
-    // git add -A into a temporary index, write-tree, commit-tree.
-    let tmp_index: PathBuf = tmp.path().join("bench-index");
-    let disk1 = du(&objects);
-    let mut addall = time_n(runs, || {
+        if keep {
+            cli.push(t.elapsed());
+        }
+        // The old system: a bundle of everything plus the diff, per sync.
+        let before = du(&old);
+        let t = Instant::now();
+        let base = old.join(format!("sync_{round}"));
+        let b = format!("{}.bundle", base.display());
+        git(&work, &["bundle", "create", "-q", &b, "--all"])?;
+        let diff = git(&work, &["diff", "HEAD"])?;
+        std::fs::write(format!("{}.diff", base.display()), diff)?;
+        let st = git(&work, &["status", "--porcelain"])?;
+        let count = st.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
+        std::fs::write(
+            format!("{}.meta", base.display()),
+            format!("{{\"git_status_files\": {count}}}\n"),
+        )?;
+        let e = t.elapsed();
+        if keep {
+            bundle.push(e);
+            bundle_disk += du(&old).saturating_sub(before);
+        }
+        for ext in ["bundle", "diff", "meta"] {
+            std::fs::remove_file(format!("{}.{ext}", base.display()))?;
+        }
+        // git add -A into a temporary index, write-tree, commit-tree.
+        let before = du(&objects);
+        let t = Instant::now();
         std::fs::copy(work.join(".git/index"), &tmp_index)?;
-        let idx = tmp_index.to_string_lossy().into_owned();
-        let run_idx = |args: &[&str]| -> Result<Vec<u8>> {
-            let out = git_cmd(&work)
-                .env("GIT_INDEX_FILE", &idx)
-                .args(args)
-                .output()?;
-            if !out.status.success() {
-                bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            Ok(out.stdout)
-        };
         run_idx(&["add", "-A"])?;
         let tree = run_idx(&["write-tree"])?;
         let tree = String::from_utf8_lossy(&tree).trim().to_owned();
         run_idx(&["commit-tree", &tree, "-p", "HEAD", "-m", "snapshot"])?;
-        Ok(())
-    })?;
-    let addall_disk = (du(&objects) - disk1) as f64 / (runs + 1) as f64;
-    let addall = stats(&mut addall);
+        let e = t.elapsed();
+        if keep {
+            addall.push(e);
+            addall_disk += du(&objects).saturating_sub(before);
+        }
+    }
+    std::fs::remove_dir_all(&old)?;
+    let per = |total: u64| total as f64 / runs as f64;
+    let (wsync_disk, bundle_disk, addall_disk) =
+        (per(wsync_disk), per(bundle_disk), per(addall_disk));
+    let (lib, cli, bundle, addall) = (
+        stats(&mut lib),
+        stats(&mut cli),
+        stats(&mut bundle),
+        stats(&mut addall),
+    );
 
     // Restore: 10 more edits + an untracked file since the snapshot.
     let target = store.capture(&opts)?;
@@ -195,9 +221,16 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
     for round in 1..=runs.min(15) {
         modify(&work, files, round)?;
         std::thread::sleep(Duration::from_millis(60));
+        // Through the release binary (xtask itself is a dev build).
         let t = Instant::now();
-        store.restore(&target.id, &RestoreOptions::default())?;
+        let status = Command::new(&ctx.wsync)
+            .args(["-q", "--workspace", &ws, "snapshot", "restore", &target.id])
+            .stdout(Stdio::null())
+            .status()?;
         restore_samples.push(t.elapsed());
+        if !status.success() {
+            bail!("wsync snapshot restore failed: {status}");
+        }
     }
     let restore = stats(&mut restore_samples);
     if !git(&work, &["status", "--porcelain"])?
@@ -209,10 +242,12 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
     }
 
     let mb = |b: f64| b / 1e6;
+    // The release binary is the figure to read: `cargo xtask` builds xtask,
+    // and with it the in-process library, as a dev build.
     rows.push(
         Row::versus(
-            "capture, 10k files / 10 modified + 1 untracked, in-process, median",
-            ms(lib.p50),
+            "capture via `wsync snapshot create` (release, incl. process start), median",
+            ms(cli.p50),
             "git bundle --all + git diff",
             ms(bundle.p50),
             "ms",
@@ -220,24 +255,22 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
         .goal("≤ 10 ms, ≤ 0.033× (≥ 30× faster)"),
     );
     rows.push(Row::versus(
-        "capture, in-process, median",
-        ms(lib.p50),
+        "capture via `wsync snapshot create`, median",
+        ms(cli.p50),
         "git add -A (temp index) + write-tree + commit-tree",
         ms(addall.p50),
         "ms",
     ));
     rows.push(Row::versus(
-        "capture, in-process, p95",
-        ms(lib.p95),
+        "capture via `wsync snapshot create`, p95",
+        ms(cli.p95),
         "git bundle --all + git diff",
         ms(bundle.p95),
         "ms",
     ));
-    rows.push(Row::versus(
-        "capture via `wsync snapshot create` (process), median",
-        ms(cli.p50),
-        "git bundle --all + git diff",
-        ms(bundle.p50),
+    rows.push(Row::solo(
+        "capture in-process (dev build of the library), median",
+        ms(lib.p50),
         "ms",
     ));
     rows.push(
@@ -258,7 +291,7 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
         "MB",
     ));
     rows.push(Row::solo(
-        "restore (safety capture + 11 paths back + index + HEAD), median",
+        "restore via `wsync snapshot restore` (safety capture + 11 paths back + index + HEAD), median",
         ms(restore.p50),
         "ms",
     ));
