@@ -221,6 +221,7 @@ impl Watcher {
             filter,
             sink,
             queue: Queue::new(&opts.state_dir),
+            reconcile_due: None,
         };
         let thread = std::thread::Builder::new()
             .name("wsync-watch".into())
@@ -394,17 +395,22 @@ struct Core {
     filter: Filter,
     sink: EventSink,
     queue: Queue,
+    /// A reconcile that had to wait for a running sync.
+    reconcile_due: Option<&'static str>,
 }
 
 impl Core {
     fn run(&mut self, rx: &Receiver<Msg>, backend: &mut Backend, stop: &AtomicBool) {
         while !stop.load(Ordering::SeqCst) {
-            let timeout = self
+            let mut timeout = self
                 .settler
                 .next_deadline()
                 .map_or(Duration::from_secs(3600), |d| {
                     d.saturating_duration_since(Instant::now())
                 });
+            if self.reconcile_due.is_some() {
+                timeout = timeout.min(Duration::from_millis(250));
+            }
             match rx.recv_timeout(timeout) {
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Ok(Msg::Events(Ok(events))) => {
@@ -507,6 +513,9 @@ impl Core {
     }
 
     fn flush(&mut self, now: Instant) {
+        if let Some(why) = self.reconcile_due.take() {
+            self.reconcile(why);
+        }
         if self.settler.next_deadline().is_none_or(|d| d > now) {
             return;
         }
@@ -632,7 +641,7 @@ impl Core {
     }
 
     /// A full `git status`: every changed, non-ignored path is decided now.
-    fn reconcile(&mut self, why: &str) {
+    fn reconcile(&mut self, why: &'static str) {
         let Ok(repo) = git2::Repository::open(&self.workspace) else {
             return;
         };
@@ -640,8 +649,8 @@ impl Core {
             wsync_lock::SyncLock::new(&self.state_dir).status(),
             Ok(wsync_lock::LockStatus::Held(_))
         ) {
-            // Re-check after the sync: note nothing now, the sync's own
-            // result is compared when its events settle.
+            // A sync is changing the tree: reconcile once it is done.
+            self.reconcile_due = Some(why);
             return;
         }
         let mut opts = git2::StatusOptions::new();
