@@ -69,11 +69,12 @@ pub(crate) fn append_line(path: &Path, line: &str) -> Result<(), Error> {
 }
 
 /// Reads a JSON-lines file; a missing file is empty; lines that do not
-/// parse (a torn last line after a crash) are skipped.
+/// parse (a torn last line after a crash, bytes that are not UTF-8) are
+/// skipped.
 pub(crate) fn read_json_lines<T: serde::de::DeserializeOwned>(
     path: &Path,
 ) -> Result<Vec<T>, Error> {
-    let text = match std::fs::read_to_string(path) {
+    let bytes = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => {
@@ -83,9 +84,9 @@ pub(crate) fn read_json_lines<T: serde::de::DeserializeOwned>(
             });
         }
     };
-    Ok(text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .filter_map(|l| serde_json::from_str(l).ok())
+    Ok(bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.trim_ascii().is_empty())
+        .filter_map(|l| serde_json::from_slice(l).ok())
         .collect())
 }
