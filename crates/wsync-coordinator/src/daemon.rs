@@ -109,7 +109,13 @@ pub struct DaemonStatus {
 /// Reads whether a daemon serves `state_dir`.
 pub fn status(state_dir: &Path) -> Result<DaemonStatus> {
     let lock_path = state_dir.join(DAEMON_LOCK_FILE);
-    let record: Option<PidRecord> = store::read_json(&state_dir.join(PID_FILE))?;
+    // Liveness comes from the lock, not from this file: a torn or foreign
+    // PID file must not make `status`, `daemon start` or `stop` fail.
+    let record: Option<PidRecord> = match store::read_json(&state_dir.join(PID_FILE)) {
+        Ok(r) => r,
+        Err(Error::CorruptState { .. }) => None,
+        Err(e) => return Err(e),
+    };
     let file = match File::open(&lock_path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
