@@ -10,6 +10,8 @@ use serde_json::json;
 use wsync_coordinator::Config;
 use wsync_coordinator::daemon::{EngineRunner, Processed, Processor};
 use wsync_coordinator::queue::{Priority, Queue, QueueEntry, SyncRequest};
+use wsync_coordinator::ratelimit::{RateLimitConfig, RateLimiter};
+use wsync_coordinator::retry::{CircuitBreaker, RetryConfig};
 
 use crate::ctx::Ctx;
 use crate::exit;
@@ -134,7 +136,16 @@ pub fn run(ctx: &Ctx, args: &QueueArgs) -> Result<u8> {
         }
         QueueCmd::Clear => {
             let n = queue.clear()?;
-            ctx.emit(&json!({ "cleared": n }), || {
+            // The corrupt-state error names `queue clear` as the manual
+            // recovery for the rate-limit and circuit files too: keep a
+            // corrupt one aside (`<name>.corrupt-<ts>`) and start clean.
+            let mut kept = Vec::new();
+            kept.extend(RateLimiter::new(&ctx.state_dir, RateLimitConfig::default()).recover()?);
+            kept.extend(CircuitBreaker::new(&ctx.state_dir, RetryConfig::default()).recover()?);
+            for p in &kept {
+                ctx.warn(format!("kept a corrupt state file as {}", p.display()));
+            }
+            ctx.emit(&json!({ "cleared": n, "kept_corrupt": kept }), || {
                 format!("cleared {n} queued request(s)")
             })?;
         }
