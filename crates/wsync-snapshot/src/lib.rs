@@ -400,9 +400,11 @@ impl SnapshotStore {
         manage::list(self)
     }
 
-    /// The newest snapshot, if any.
+    /// The newest snapshot, if any. A torn `.meta` of an older snapshot
+    /// does not block it (`list` and `show` still name that file); one
+    /// that may be the newest is an error naming it.
     pub fn latest(&self) -> Result<Option<SnapshotMeta>> {
-        Ok(self.list()?.into_iter().next())
+        manage::latest(self)
     }
 
     /// A snapshot's metadata, its result and which files exist.

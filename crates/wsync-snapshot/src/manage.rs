@@ -72,12 +72,42 @@ pub(crate) fn list(store: &SnapshotStore) -> Result<Vec<SnapshotMeta>> {
     for id in ids_with(store, "meta")? {
         metas.push(store.meta(&id)?);
     }
+    sort_newest_first(&mut metas);
+    Ok(metas)
+}
+
+/// The newest snapshot. A corrupt `.meta` of an older snapshot (by the
+/// time in its id) does not get in the way; one that may be the newest is
+/// an error naming the file.
+pub(crate) fn latest(store: &SnapshotStore) -> Result<Option<SnapshotMeta>> {
+    let mut metas = Vec::new();
+    let mut broken = Vec::new();
+    for id in ids_with(store, "meta")? {
+        match store.meta(&id) {
+            Ok(m) => metas.push(m),
+            Err(e @ (Error::CorruptMeta { .. } | Error::MissingMeta { .. })) => {
+                broken.push((id_time(&id), e));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    sort_newest_first(&mut metas);
+    let newest = metas.first().map(|m| id_time(&m.snapshot_id));
+    for (when, e) in broken {
+        let older = matches!((when, newest), (Some(w), Some(Some(n))) if w < n);
+        if !older {
+            return Err(e);
+        }
+    }
+    Ok(metas.into_iter().next())
+}
+
+fn sort_newest_first(metas: &mut [SnapshotMeta]) {
     metas.sort_by(|a, b| {
         b.timestamp
             .cmp(&a.timestamp)
             .then_with(|| b.snapshot_id.cmp(&a.snapshot_id))
     });
-    Ok(metas)
 }
 
 /// Ids that have an `ID.<ext>` file.
