@@ -573,8 +573,13 @@ impl Session {
             other => return Err(self.unexpected(&other, "state read")),
         };
         let local = self.local.state_get(&self.pair)?;
-        let l = decode_state(local.as_deref(), "local state")?;
-        let r = decode_state(remote.as_deref(), "remote state")?;
+        // A copy that does not decode (torn or overwritten by hand) counts
+        // as lost, like a missing one: what the other copy says is then
+        // compared by content, which can keep extra files but never drop
+        // one. Failing here instead would block every later sync of the
+        // pair until someone found the hashed file under `.wsync/remote/`.
+        let l = decode_state(local.as_deref(), "local state").unwrap_or_default();
+        let r = decode_state(remote.as_deref(), "remote state").unwrap_or_default();
         let known = l.len().max(r.len());
         if l == r {
             return Ok((l, known));
