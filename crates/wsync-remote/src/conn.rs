@@ -64,7 +64,15 @@ impl PeerSpec {
     #[must_use]
     pub fn label(&self) -> String {
         match self {
+            // A folder the first sync creates must get the same label as
+            // on later runs (else the pair state is lost after one run):
+            // canonicalize the parent and append the name.
             Self::Local(p) => std::fs::canonicalize(p)
+                .or_else(|_| {
+                    let name = p.file_name().ok_or(std::io::ErrorKind::NotFound)?;
+                    let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
+                    std::fs::canonicalize(parent.unwrap_or(Path::new("."))).map(|d| d.join(name))
+                })
                 .unwrap_or_else(|_| p.clone())
                 .display()
                 .to_string(),
