@@ -362,7 +362,7 @@ fn worker(out_dir: &Path, name: &str, args: &FuzzArgs) -> Result<()> {
                 .push(save(&crash_dir, "slow", n, &input, &format!("{took:?}"))?);
         }
         n += 1;
-        if n % CHECKPOINT_EVERY == 0 {
+        if n.is_multiple_of(CHECKPOINT_EVERY) {
             let mut o = stdout.lock();
             let _ = writeln!(o, "ckpt {n}");
             let _ = o.flush();

@@ -364,7 +364,7 @@ impl ServeTarget {
 impl Target for ServeTarget {
     fn exec(&mut self, input: &[u8]) -> std::result::Result<(), String> {
         self.runs += 1;
-        if self.runs % 256 == 0 {
+        if self.runs.is_multiple_of(256) {
             // Start from a clean root now and then so state stays small.
             let _ = std::fs::remove_dir_all(&self.root);
             let _ = std::fs::create_dir_all(&self.root);
@@ -580,7 +580,7 @@ impl Target for StateFileTarget {
         if let Ok(rd) = std::fs::read_dir(&self.dir) {
             for e in rd.flatten() {
                 let p = e.path();
-                if p != self.file && !p.extension().is_some_and(|x| x == "lock") {
+                if p != self.file && p.extension().is_none_or(|x| x != "lock") {
                     let _ = std::fs::remove_file(&p);
                 }
             }
