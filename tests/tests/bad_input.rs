@@ -218,6 +218,20 @@ const STATE_ROWS: &[StateRow] = &[
         names: &["queue.json", "line 1 column"],
     },
     StateRow {
+        file: ".wsync/config.json",
+        bytes: b"{\"lock\": {\"max_hold_secs\": -5}}",
+        args: &["sync"],
+        code: 1,
+        names: &["config.json", "lock.max_hold_secs"],
+    },
+    StateRow {
+        file: ".wsync/queue.json",
+        bytes: b"{\"version\": 1, \"entries\": [{\"id\": 5}]}",
+        args: &["queue", "list"],
+        code: 1,
+        names: &["queue.json", "line 1 column"],
+    },
+    StateRow {
         file: ".wsync/queue.json",
         bytes: b"\xff\xfe\x00\x01",
         args: &["request-sync", "manual", "me", "high", "x"],
