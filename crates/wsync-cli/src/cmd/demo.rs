@@ -110,10 +110,35 @@ fn autonomous(ws: &Path, state: &Path, stop: &AtomicBool, writes: &AtomicU64) ->
     Ok(())
 }
 
+/// The simulated writer's thread; stopped and joined on every path out.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Writer {
+    fn finish(&mut self) -> Result<()> {
+        self.stop.store(true, Ordering::SeqCst);
+        match self.handle.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => bail!("the writer thread panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
 /// Prints new daemon log lines with a marker.
 struct LogTail {
     path: PathBuf,
     pos: u64,
+    /// Set by Ctrl-C: the demo stops, stops the daemon and cleans up.
+    interrupted: Arc<AtomicBool>,
 }
 
 impl LogTail {
@@ -154,7 +179,9 @@ pub fn run(ctx: &Ctx, args: &DemoArgs) -> Result<u8> {
         .tempdir()
         .context("cannot create a temp folder")?;
     let root = std::fs::canonicalize(tmp.path()).context("cannot resolve the temp folder")?;
-    let result = demo(ctx, &root);
+    let interrupted = Arc::new(AtomicBool::new(false));
+    crate::cmd::daemon::stop_on_signals(interrupted.clone(), None)?;
+    let result = demo(ctx, &root, interrupted);
     if args.keep {
         let kept = tmp.keep();
         ctx.say(format!("kept {}", kept.display()));
@@ -162,7 +189,7 @@ pub fn run(ctx: &Ctx, args: &DemoArgs) -> Result<u8> {
     result
 }
 
-fn demo(ctx: &Ctx, root: &Path) -> Result<u8> {
+fn demo(ctx: &Ctx, root: &Path, interrupted: Arc<AtomicBool>) -> Result<u8> {
     let t0 = Instant::now();
     ctx.say(format!("wsync demo in {}", root.display()));
     // Remote, workspace, second machine.
@@ -220,7 +247,11 @@ fn demo(ctx: &Ctx, root: &Path) -> Result<u8> {
         .stderr(Stdio::null())
         .spawn()
         .context("cannot start the daemon")?;
-    let mut tail = LogTail { path: log, pos: 0 };
+    let mut tail = LogTail {
+        path: log,
+        pos: 0,
+        interrupted,
+    };
     let outcome = (|| -> Result<Summary> {
         wait_for(Duration::from_secs(15), || {
             wsync_coordinator::daemon::status(&state).is_ok_and(|s| s.running)
@@ -230,10 +261,13 @@ fn demo(ctx: &Ctx, root: &Path) -> Result<u8> {
         ctx.say("autonomous system: status JSON every 1 s, timestamp-only context every 2 s, a log line every 1 s");
         let stop = Arc::new(AtomicBool::new(false));
         let writes = Arc::new(AtomicU64::new(0));
-        let writer = {
-            let (ws, state, stop, writes) =
-                (ws.clone(), state.clone(), stop.clone(), writes.clone());
-            std::thread::spawn(move || autonomous(&ws, &state, &stop, &writes))
+        let mut writer = Writer {
+            stop: stop.clone(),
+            handle: Some({
+                let (ws, state, stop, writes) =
+                    (ws.clone(), state.clone(), stop.clone(), writes.clone());
+                std::thread::spawn(move || autonomous(&ws, &state, &stop, &writes))
+            }),
         };
         // The user's edits.
         let edits: [(u64, &str, &str); 3] = [
@@ -267,6 +301,9 @@ fn demo(ctx: &Ctx, root: &Path) -> Result<u8> {
                 next += 1;
             }
             tail.pump(ctx, t0);
+            if tail.interrupted.load(Ordering::SeqCst) {
+                bail!("interrupted");
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
         // Wait until the remote holds the last edit (the system keeps writing).
@@ -277,6 +314,9 @@ fn demo(ctx: &Ctx, root: &Path) -> Result<u8> {
                     .is_ok_and(|s| s == *text)
             })
         });
+        if tail.interrupted.load(Ordering::SeqCst) {
+            bail!("interrupted");
+        }
         // A quiet window: the system writes on, wsync must not commit.
         let head_before = git(&root.join("remote.git"), &["rev-parse", "main"])?
             .trim()
@@ -286,10 +326,7 @@ fn demo(ctx: &Ctx, root: &Path) -> Result<u8> {
         let head_after = git(&root.join("remote.git"), &["rev-parse", "main"])?
             .trim()
             .to_owned();
-        stop.store(true, Ordering::SeqCst);
-        writer
-            .join()
-            .map_err(|_| anyhow::anyhow!("the writer thread panicked"))??;
+        writer.finish()?;
         Ok(Summary {
             arrived,
             idle_commits: usize::from(head_before != head_after),
@@ -415,7 +452,7 @@ fn wait_for_pumped(
     mut cond: impl FnMut() -> bool,
 ) -> bool {
     let end = Instant::now() + timeout;
-    while Instant::now() < end {
+    while Instant::now() < end && !tail.interrupted.load(Ordering::SeqCst) {
         tail.pump(ctx, t0);
         if cond() {
             return true;
