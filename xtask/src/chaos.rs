@@ -30,6 +30,10 @@ pub struct ChaosArgs {
     /// Skip `cargo build --release -p wsync-cli` (use the binary as is).
     #[arg(long)]
     no_build: bool,
+    /// Test this binary instead of `target/release/wsync` (implies
+    /// `--no-build`; e.g. a copy that concurrent builds cannot replace).
+    #[arg(long, value_name = "PATH")]
+    bin: Option<std::path::PathBuf>,
 }
 
 /// Runs the campaign; fails when a goal is missed.
@@ -42,10 +46,13 @@ pub fn run(root: &Path, args: &ChaosArgs) -> Result<()> {
             .map(|s| s.trim().parse::<Scenario>().map_err(anyhow::Error::msg))
             .collect::<Result<_>>()?
     };
-    if !args.no_build {
+    if !args.no_build && args.bin.is_none() {
         crate::cargo(root, &["build", "--release", "-p", "wsync-cli"], &[])?;
     }
-    let bin = root.join("target/release/wsync");
+    let bin = args
+        .bin
+        .clone()
+        .unwrap_or_else(|| root.join("target/release/wsync"));
     if !bin.exists() {
         bail!("{} is missing", bin.display());
     }
