@@ -647,11 +647,22 @@ impl Env {
                 if scenario == Scenario::Sync {
                     s.writer = Some(Writer::start(&self.bin, &a));
                 } else {
-                    let out = self.wsync_ok(&a, &["--json", "request-sync", "manual", "chaos", "high", "chaos trial"])?;
-                    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| Error::Setup {
-                        what: "request-sync --json".into(),
-                        detail: e.to_string(),
-                    })?;
+                    let out = self.wsync_ok(
+                        &a,
+                        &[
+                            "--json",
+                            "request-sync",
+                            "manual",
+                            "chaos",
+                            "high",
+                            "chaos trial",
+                        ],
+                    )?;
+                    let v: serde_json::Value =
+                        serde_json::from_str(&out).map_err(|e| Error::Setup {
+                            what: "request-sync --json".into(),
+                            detail: e.to_string(),
+                        })?;
                     s.ticket = v["id"].as_str().map(str::to_owned);
                 }
             }
@@ -698,7 +709,10 @@ impl Env {
                 s.ws = a.clone();
                 s.peer = Some(p.clone());
                 // The base: one un-killed sync.
-                let end = self.remote_sync(&s)?.wait_with_output().map_err(io(&self.bin))?;
+                let end = self
+                    .remote_sync(&s)?
+                    .wait_with_output()
+                    .map_err(io(&self.bin))?;
                 if !end.status.success() {
                     return Err(Error::Setup {
                         what: "first remote sync".into(),
@@ -931,7 +945,16 @@ impl Writer {
                 let mut cmd = Command::new(&bin);
                 hermetic(&mut cmd)
                     .current_dir(&ws)
-                    .args(["guard", "--name", "chaos-writer", "--max-wait", "20", "--", "sh", "-c"])
+                    .args([
+                        "guard",
+                        "--name",
+                        "chaos-writer",
+                        "--max-wait",
+                        "20",
+                        "--",
+                        "sh",
+                        "-c",
+                    ])
                     .arg(script)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
@@ -982,7 +1005,12 @@ fn walk(root: &Path) -> Result<Vec<(Vec<u8>, u64)>> {
         for de in rd {
             let de = de.map_err(io(dir))?;
             let p = de.path();
-            let rel = p.strip_prefix(root).unwrap_or(&p).as_os_str().as_bytes().to_vec();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap_or(&p)
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
             if skipped(&rel) {
                 continue;
             }
@@ -1046,7 +1074,10 @@ fn hash_files(root: &Path, paths: &[(Vec<u8>, u64)]) -> Result<Vec<String>> {
 fn manifest(s: &Setup) -> Result<Manifest> {
     let mut m = Manifest::new();
     for (label, root) in &s.trees {
-        let files: Vec<_> = walk(root)?.into_iter().filter(|(p, _)| !is_system(p)).collect();
+        let files: Vec<_> = walk(root)?
+            .into_iter()
+            .filter(|(p, _)| !is_system(p))
+            .collect();
         let ids = hash_files(root, &files)?;
         for ((p, size), id) in files.into_iter().zip(ids) {
             m.insert((label.clone(), p), (id, size));
@@ -1119,10 +1150,13 @@ fn tree_blobs(repo: &Path, rev: &str) -> Result<HashSet<(Vec<u8>, String)>> {
         };
         let head = String::from_utf8_lossy(rec.get(..tab).unwrap_or_default()).into_owned();
         let mut parts = head.split(' ');
-        if parts.nth(1) == Some("blob") {
-            if let Some(oid) = parts.next() {
-                set.insert((rec.get(tab + 1..).unwrap_or_default().to_vec(), oid.to_owned()));
-            }
+        if parts.nth(1) == Some("blob")
+            && let Some(oid) = parts.next()
+        {
+            set.insert((
+                rec.get(tab + 1..).unwrap_or_default().to_vec(),
+                oid.to_owned(),
+            ));
         }
     }
     Ok(set)
@@ -1142,26 +1176,18 @@ pub fn is_wsync_temp(name: &[u8]) -> bool {
         return false;
     };
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if let Some(stem) = rest.strip_suffix(".tmp") {
-        if let Some((_, pid)) = stem.rsplit_once('.') {
-            if digits(pid) {
-                return true;
-            }
-        }
-    }
-    if let Some((_, pid)) = rest.rsplit_once(".tmp.") {
-        if digits(pid) {
-            return true;
-        }
-    }
-    if let Some((_, tail)) = rest.rsplit_once(".tmp-") {
-        if let Some((a, b)) = tail.split_once('-') {
-            if digits(a) && digits(b) {
-                return true;
-            }
-        }
-    }
-    false
+    let coordinator = rest
+        .strip_suffix(".tmp")
+        .and_then(|stem| stem.rsplit_once('.'))
+        .is_some_and(|(_, pid)| digits(pid));
+    let lock = rest
+        .rsplit_once(".tmp.")
+        .is_some_and(|(_, pid)| digits(pid));
+    let snapshot = rest
+        .rsplit_once(".tmp-")
+        .and_then(|(_, tail)| tail.split_once('-'))
+        .is_some_and(|(a, b)| digits(a) && digits(b));
+    coordinator || lock || snapshot
 }
 
 fn file_name(rel: &[u8]) -> &[u8] {
@@ -1265,8 +1291,9 @@ impl Env {
         if let (Some(bare), Some(before)) = (&s.bare, &remote_before) {
             let kept = git_out(bare, &["merge-base", "--is-ancestor", before, "main"])?;
             if !kept.status.success() {
-                t.system_committed
-                    .push(format!("remote.git: main no longer contains {before} (force-push)"));
+                t.system_committed.push(format!(
+                    "remote.git: main no longer contains {before} (force-push)"
+                ));
             }
         }
         self.check(&s, &manifest, &known, t)
@@ -1285,7 +1312,8 @@ impl Env {
                         && !s.a_head.contains(&(path.clone(), blob.clone()))
                         && !tip.contains(&(path.clone(), blob.clone()))
                     {
-                        t.not_synced.push(format!("a:{}", String::from_utf8_lossy(path)));
+                        t.not_synced
+                            .push(format!("a:{}", String::from_utf8_lossy(path)));
                     }
                 }
             }
@@ -1326,9 +1354,10 @@ impl Env {
 
     fn temps_present(&self, s: &Setup) -> bool {
         s.trees.iter().any(|(_, root)| {
-            all_files(root)
-                .iter()
-                .any(|p| p.file_name().is_some_and(|n| n.as_bytes().starts_with(b".wsync-tmp.")))
+            all_files(root).iter().any(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.as_bytes().starts_with(b".wsync-tmp."))
+            })
         })
     }
 
@@ -1429,7 +1458,8 @@ impl Env {
                     t.user_tree_temps.push(name);
                 } else if !known.contains(&id) {
                     // Bytes that were nowhere before the trial: a torn write.
-                    t.temps_at_final.push(format!("{name} (unknown content {id})"));
+                    t.temps_at_final
+                        .push(format!("{name} (unknown content {id})"));
                 }
             }
             t.litter += all_files(&root.join(".wsync"))

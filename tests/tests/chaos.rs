@@ -33,7 +33,10 @@ fn campaign(scenario: Scenario, trials: usize) {
     );
     assert_eq!(report.trials, trials);
     assert_eq!(report.recoveries, trials, "{table}");
-    assert!(report.details.iter().all(|t| t.manifest_files > 0), "{table}");
+    assert!(
+        report.details.iter().all(|t| t.manifest_files > 0),
+        "{table}"
+    );
 }
 
 #[test]
@@ -124,7 +127,10 @@ fn recovery_after_a_kill_succeeds_while_a_writer_keeps_writing() {
     assert!(stdout.contains("recovered an interrupted sync"), "{stdout}");
     assert_eq!(a.read("notes.md"), "mine\n");
     let files = wsync_testutils::git(remote.bare(), &["ls-tree", "-r", "--name-only", "main"]);
-    assert!(files.contains("notes.md") && !files.contains("run.log"), "{files}\n{stdout}");
+    assert!(
+        files.contains("notes.md") && !files.contains("run.log"),
+        "{files}\n{stdout}"
+    );
 }
 
 /// Regression (found by `cargo xtask chaos`): a SIGKILL during the fetch
