@@ -520,6 +520,33 @@ fn backdate(root: &Path, age: Duration) -> Result<()> {
     Ok(())
 }
 
+/// A user's edits: rewrites `src/f{i}.txt` for each `i` in `range`
+/// (deleting every `delete_every`-th instead) and, with `new_dir`, adds
+/// `{new_dir}/n{i}.txt`. `delete_every == usize::MAX` with `new_dir` only adds.
+fn churn(
+    root: &Path,
+    rng: &mut fastrand::Rng,
+    range: std::ops::Range<usize>,
+    delete_every: usize,
+    tag: &str,
+    new_dir: Option<&str>,
+) -> Result<()> {
+    for i in range {
+        if delete_every == usize::MAX {
+            // only new files
+        } else if i % delete_every == 0 {
+            let p = root.join(format!("src/f{i}.txt"));
+            std::fs::remove_file(&p).map_err(io(&p))?;
+        } else {
+            write(root, &format!("src/f{i}.txt"), &text(rng, tag, 24))?;
+        }
+        if let Some(dir) = new_dir {
+            write(root, &format!("{dir}/n{i}.txt"), &text(rng, tag, 8))?;
+        }
+    }
+    Ok(())
+}
+
 fn random_bytes(rng: &mut fastrand::Rng, n: usize) -> Vec<u8> {
     let mut v = Vec::with_capacity(n + 8);
     while v.len() < n {
@@ -614,15 +641,7 @@ impl Env {
                 git(&b, &["push", "-q", "origin", "HEAD:main"])?;
                 write(&b, "b-local.md", &text(rng, "b-local", 5))?;
                 // a: edits, new files, deletions, a big binary, an ignored file.
-                for i in n / 2..n {
-                    if i % 7 == 0 {
-                        let p = a.join(format!("src/f{i}.txt"));
-                        std::fs::remove_file(&p).map_err(io(&p))?;
-                    } else {
-                        write(&a, &format!("src/f{i}.txt"), &text(rng, "a", 30))?;
-                    }
-                    write(&a, &format!("from-a/n{i}.txt"), &text(rng, "a-new", 10))?;
-                }
+                churn(&a, rng, n / 2..n, 7, "a", Some("from-a"))?;
                 write(&a, "data/a.bin", &random_bytes(rng, big))?;
                 write(&a, "ignored/cache.bin", &random_bytes(rng, 4096))?;
                 std::fs::remove_dir_all(&seed).map_err(io(&seed))?;
@@ -682,17 +701,8 @@ impl Env {
                 }
                 self.wsync_ok(&a, &["snapshot", "create", "--reason", "chaos base"])?;
                 // After the snapshot: many edits, new files, deletions, a new big file.
-                for i in 0..n * 2 {
-                    if i % 5 == 0 {
-                        let p = a.join(format!("src/f{i}.txt"));
-                        std::fs::remove_file(&p).map_err(io(&p))?;
-                    } else {
-                        write(&a, &format!("src/f{i}.txt"), &text(rng, "later", 24))?;
-                    }
-                }
-                for i in 0..n {
-                    write(&a, &format!("new/n{i}.txt"), &text(rng, "new", 8))?;
-                }
+                churn(&a, rng, 0..n * 2, 5, "later", None)?;
+                churn(&a, rng, 0..n, usize::MAX, "unused", Some("new"))?;
                 write(&a, "data/big.bin", &random_bytes(rng, big))?;
                 git(&a, &["add", "new"])?;
                 s.trees = vec![("a".into(), a.clone())];
@@ -727,15 +737,7 @@ impl Env {
                     write(&a, &format!("src/f{i}.txt"), &text(rng, "local", 22))?;
                     write(&a, &format!("new-local/n{i}.txt"), &text(rng, "ln", 6))?;
                 }
-                for i in n / 2..n {
-                    if i % 6 == 0 {
-                        let q = p.join(format!("src/f{i}.txt"));
-                        std::fs::remove_file(&q).map_err(io(&q))?;
-                    } else {
-                        write(&p, &format!("src/f{i}.txt"), &text(rng, "peer", 22))?;
-                    }
-                    write(&p, &format!("new-peer/n{i}.txt"), &text(rng, "pn", 6))?;
-                }
+                churn(&p, rng, n / 2..n, 6, "peer", Some("new-peer"))?;
                 write(&a, "data/big.bin", &random_bytes(rng, big))?;
                 write(&p, "data/peer.bin", &random_bytes(rng, big / 2))?;
                 // A delta, not a whole file: change a few bytes of mid.bin.
