@@ -43,21 +43,41 @@ fn create_list_show_verify_diff_cleanup() {
     assert!(human.contains(&id) && human.contains("e2e"), "{human}");
 
     let shown = wsync_ok(repo.path(), &["snapshot", "show", &id]);
-    assert!(shown.contains("refs/heads/main") && shown.contains(".bundle"), "{shown}");
+    assert!(
+        shown.contains("refs/heads/main") && shown.contains(".bundle"),
+        "{shown}"
+    );
     let verified = wsync_ok(repo.path(), &["snapshot", "verify", &id]);
     assert!(verified.contains("bundle verified"), "{verified}");
     let diff = wsync_ok(repo.path(), &["snapshot", "diff", &id]);
-    assert!(diff.contains("+# edited") && diff.contains("+++ b/notes/new.txt"), "{diff}");
+    assert!(
+        diff.contains("+# edited") && diff.contains("+++ b/notes/new.txt"),
+        "{diff}"
+    );
 
     for _ in 0..3 {
         create(&repo, &[]);
     }
     let out = wsync_ok(repo.path(), &["snapshot", "cleanup", "--keep", "2"]);
     assert!(out.contains("removed 2"), "{out}");
-    let refs = repo.git(&["for-each-ref", "--format=%(refname)", "refs/wsync/snapshots/"]);
+    let refs = repo.git(&[
+        "for-each-ref",
+        "--format=%(refname)",
+        "refs/wsync/snapshots/",
+    ]);
     assert_eq!(refs.lines().count(), 2, "{refs}");
-    assert!(!repo.path().join(format!(".wsync/snapshots/{id}.meta")).exists());
-    assert!(!repo.path().join(format!(".wsync/snapshots/{id}.bundle")).exists());
+    assert!(
+        !repo
+            .path()
+            .join(format!(".wsync/snapshots/{id}.meta"))
+            .exists()
+    );
+    assert!(
+        !repo
+            .path()
+            .join(format!(".wsync/snapshots/{id}.bundle"))
+            .exists()
+    );
 }
 
 #[test]
@@ -72,7 +92,10 @@ fn rollback_restores_the_newest_and_can_be_undone() {
     let later = repo.status();
 
     let out = wsync_ok(repo.path(), &["rollback"]);
-    assert!(out.contains(&format!("restored {snap}")) && out.contains("undo with"), "{out}");
+    assert!(
+        out.contains(&format!("restored {snap}")) && out.contains("undo with"),
+        "{out}"
+    );
     assert_eq!(repo.read("work.txt"), "at snapshot\n");
     assert!(!repo.exists("stray.txt"));
     assert_ne!(repo.head(), head);
@@ -133,7 +156,11 @@ fn restore_refuses_during_a_merge_unless_forced() {
     repo.git(&["checkout", "-q", "main"]);
     repo.write("c.txt", "ours\n");
     repo.commit_all("ours");
-    assert!(!git_output(repo.path(), &["merge", "-q", "other"]).status.success());
+    assert!(
+        !git_output(repo.path(), &["merge", "-q", "other"])
+            .status
+            .success()
+    );
 
     let out = wsync(repo.path(), &["snapshot", "restore", &id]);
     assert_eq!(out.status.code(), Some(1));
@@ -172,7 +199,10 @@ fn missing_and_corrupt_meta_are_clear_errors() {
         let out = wsync(repo.path(), &args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&format!("{id}.meta")) && err.contains("corrupt"), "{err}");
+        assert!(
+            err.contains(&format!("{id}.meta")) && err.contains("corrupt"),
+            "{err}"
+        );
     }
     let out = wsync(repo.path(), &["rollback"]);
     assert_eq!(out.status.code(), Some(1));
