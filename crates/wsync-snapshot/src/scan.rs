@@ -20,6 +20,9 @@ use git2::{Index, Repository};
 use crate::fsutil::git_path;
 use crate::{Error, Result, git_err};
 
+/// The index entry flag of sparse-checkout entries.
+const SKIP_WORKTREE: u16 = 1 << 14;
+
 /// One stage-0 index entry's stat data and identity.
 #[derive(Debug, Clone)]
 pub(crate) struct Tracked {
@@ -30,6 +33,8 @@ pub(crate) struct Tracked {
     ctime: (i32, u32),
     size: u32,
     ino: u32,
+    /// Sparse checkout: git does not look at the working file.
+    skip_worktree: bool,
 }
 
 /// What may differ from the index.
@@ -79,6 +84,7 @@ pub(crate) fn scan(
             ctime: (e.ctime.seconds(), e.ctime.nanoseconds()),
             size: e.file_size,
             ino: e.ino,
+            skip_worktree: e.flags_extended & SKIP_WORKTREE != 0,
             path: e.path,
         })
         .collect();
@@ -264,8 +270,8 @@ fn work(ctx: &Ctx<'_>, jobs: &[Job<'_, '_>], share: &[usize]) -> Result<WorkerOu
             };
             let (_, name) = split(&t.path);
             tracked_names.insert(name);
-            if t.mode == 0o160_000 {
-                continue; // submodules are not looked into
+            if t.mode == 0o160_000 || t.skip_worktree {
+                continue; // submodules and sparse entries are not looked at
             }
             match present.get(name) {
                 None => out.deleted.push(i),
