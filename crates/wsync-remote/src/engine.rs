@@ -351,6 +351,10 @@ pub struct Session {
     conn: Conn,
     pair: String,
     local_host: String,
+    /// The pair state as of the last round (scoped rounds reuse it).
+    cached: Option<(State, usize)>,
+    /// The cached state has not been written yet.
+    state_dirty: bool,
 }
 
 enum Outcome {
@@ -383,6 +387,8 @@ impl Session {
             conn,
             pair,
             local_host: gethostname::gethostname().to_string_lossy().into_owned(),
+            cached: None,
+            state_dirty: false,
         }
     }
 
@@ -399,7 +405,8 @@ impl Session {
     }
 
     /// Ends the session cleanly.
-    pub fn close(self) -> Result<(), Error> {
+    pub fn close(mut self) -> Result<(), Error> {
+        self.flush_state()?;
         self.conn.close()
     }
 
@@ -591,6 +598,25 @@ impl Session {
         Ok((agreed, known))
     }
 
+    /// Whether a scoped round left state that is not written yet.
+    #[must_use]
+    pub fn state_pending(&self) -> bool {
+        self.state_dirty
+    }
+
+    /// Writes the state of the last rounds to both sides if it is pending.
+    /// (Scoped rounds defer this: a stale state is safe, it only costs
+    /// content comparisons of what changed since.)
+    pub fn flush_state(&mut self) -> Result<(), Error> {
+        if self.state_dirty
+            && let Some((state, _)) = &self.cached
+        {
+            self.save_state(state)?;
+            self.state_dirty = false;
+        }
+        Ok(())
+    }
+
     fn save_state(&self, state: &State) -> Result<(), Error> {
         let bytes = encode_state(state)?;
         match self.conn.call(&Request::StatePut {
@@ -629,7 +655,14 @@ impl Session {
                 })
             })
         };
-        let (state, known_files) = self.load_state()?;
+        let (state, known_files) = match (scope, self.cached.as_ref()) {
+            (Some(_), Some(c)) => c.clone(),
+            _ => {
+                // A full round reads both copies again (written ones first).
+                self.flush_state()?;
+                self.load_state()?
+            }
+        };
         let (local, remote) = self.scan_both(opts, scope)?;
         if scope.is_none() && known_files > 0 && !opts.allow_mass_delete {
             for (side, tree) in [(Side::Local, &local), (Side::Remote, &remote)] {
@@ -808,7 +841,12 @@ impl Session {
                 *h = None;
             }
         }
-        self.save_state(&next)?;
+        let known = known_files.max(next.len());
+        self.cached = Some((next, known));
+        self.state_dirty = true;
+        if scope.is_none() {
+            self.flush_state()?;
+        }
         self.finish_report(&mut report);
         Ok(report)
     }

@@ -64,6 +64,8 @@ enum Wake {
 
 /// Most paths a round syncs one by one; more make it a full round.
 const MAX_SCOPED: usize = 500;
+/// Quiet time after which deferred state is written.
+const STATE_FLUSH_AFTER: Duration = Duration::from_millis(500);
 
 /// The root-relative path of an event path, unless it is wsync's own
 /// (state folder, temp files) or the root itself.
@@ -205,10 +207,11 @@ pub fn watch(
             }
             // Wait for a change on either side (or the periodic rescan).
             let deadline = Instant::now() + opts.rescan_every;
+            let peer_name = session.conn().peer().to_owned();
             let mut absorb = |w: Wake, lost: &mut Option<Error>| match w {
                 Wake::RemoteGone => {
                     *lost = Some(Error::Protocol {
-                        peer: session.conn().peer().to_owned(),
+                        peer: peer_name.clone(),
                         what: "the watch connection closed".into(),
                     });
                 }
@@ -216,7 +219,29 @@ pub fn watch(
                 Wake::Remote(paths) if paths.is_empty() => full = true,
                 Wake::Local(Some(paths)) | Wake::Remote(paths) => dirty.extend(paths),
             };
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            // Scoped rounds defer writing the pair state; write it once
+            // things are quiet for a moment.
+            let mut first = None;
+            while first.is_none() && session.state_pending() {
+                match rx.recv_timeout(STATE_FLUSH_AFTER) {
+                    Ok(w) => first = Some(w),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if let Err(e) = session.flush_state() {
+                            if !e.is_connection() {
+                                return Err(e);
+                            }
+                            lost = Some(e);
+                            first = Some(Wake::RemoteGone);
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+                }
+            }
+            let woke = match first {
+                Some(w) => Ok(w),
+                None => rx.recv_timeout(deadline.saturating_duration_since(Instant::now())),
+            };
+            match woke {
                 Ok(w) => absorb(w, &mut lost),
                 Err(mpsc::RecvTimeoutError::Timeout) => absorb(Wake::Local(None), &mut lost),
                 Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),

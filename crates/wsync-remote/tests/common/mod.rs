@@ -58,8 +58,13 @@ pub fn session(local: &Path, remote: &Path) -> Session {
 
 /// Runs one sync round and returns the report.
 pub fn sync(local: &Path, remote: &Path) -> wsync_remote::Report {
+    sync_with(local, remote, &SyncOptions::default())
+}
+
+/// Runs one sync round with options and returns the report.
+pub fn sync_with(local: &Path, remote: &Path, opts: &SyncOptions) -> wsync_remote::Report {
     let mut s = session(local, remote);
-    let r = s.sync(&SyncOptions::default()).unwrap();
+    let r = s.sync(opts).unwrap();
     s.close().unwrap();
     r
 }
