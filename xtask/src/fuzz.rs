@@ -71,6 +71,8 @@ const STUCK: Duration = Duration::from_secs(20);
 /// Address-space headroom per execution.
 const ALLOC_CAP: u64 = 256 * 1024 * 1024;
 const CHECKPOINT_EVERY: u64 = 4096;
+/// Crashing inputs saved per worker run at most.
+const MAX_SAVED: u64 = 50;
 
 /// One target's figures for one run.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -109,7 +111,7 @@ pub fn run(root: &Path, args: &FuzzArgs) -> Result<()> {
         targets::NAMES.iter().map(|s| (*s).to_owned()).collect()
     } else {
         for t in &args.targets {
-            if !targets::NAMES.contains(&t.as_str()) {
+            if !targets::NAMES.contains(&t.as_str()) && !t.starts_with("selftest-") {
                 bail!(
                     "unknown target {t:?} (known: {})",
                     targets::NAMES.join(", ")
@@ -187,7 +189,10 @@ fn add_totals(out_dir: &Path, results: &[TargetResult]) -> Result<BTreeMap<Strin
             .with_context(|| format!("{} is not valid totals JSON", path.display()))?,
         Err(_) => BTreeMap::new(),
     };
-    for r in results {
+    for r in results
+        .iter()
+        .filter(|r| !r.target.starts_with("selftest-"))
+    {
         let t = totals.entry(r.target.clone()).or_default();
         t.executions += r.executions;
         t.findings += r.findings();
@@ -403,6 +408,12 @@ fn watchdog(shared: &Shared, epoch: Instant, crash_dir: &Path) {
 }
 
 fn save(dir: &Path, kind: &str, n: u64, input: &[u8], why: &str) -> Result<String> {
+    // Keep the first inputs of a run; a target that fails on everything
+    // would otherwise fill the disk.
+    static SAVED: AtomicU64 = AtomicU64::new(0);
+    if SAVED.fetch_add(1, Ordering::SeqCst) >= MAX_SAVED {
+        return Ok(format!("{kind} #{n} (not saved: over {MAX_SAVED} inputs)"));
+    }
     let path = dir.join(format!("{kind}-{n}-{}.bin", blake3_hex(input)));
     std::fs::write(&path, input)?;
     std::fs::write(path.with_extension("txt"), why)?;

@@ -60,6 +60,7 @@ pub fn make(name: &str, scratch: &Path) -> Result<Box<dyn Target>> {
         "queue" | "ratelimit" | "circuit" | "lock-record" | "pause-file" => {
             Box::new(StateFileTarget::new(name, scratch)?)
         }
+        "selftest-panic" | "selftest-hang" | "selftest-alloc" => Box::new(SelfTest(name.into())),
         other => anyhow::bail!(
             "unknown fuzz target {other:?} (known: {})",
             NAMES.join(", ")
@@ -654,5 +655,30 @@ impl Target for StateFileTarget {
         } else {
             JSON_DICT
         }
+    }
+}
+
+/// Checks the harness itself (`--target selftest-panic|hang|alloc`, not
+/// part of the default run): misbehaves on inputs that start with `!`.
+struct SelfTest(String);
+
+impl Target for SelfTest {
+    fn exec(&mut self, input: &[u8]) -> std::result::Result<(), String> {
+        if input.first() != Some(&b'!') {
+            return Ok(());
+        }
+        match self.0.as_str() {
+            "selftest-panic" => panic!("selftest panic"),
+            "selftest-hang" => std::thread::sleep(Duration::from_secs(30)),
+            _ => {
+                let v = vec![1u8; 1 << 30];
+                std::hint::black_box(&v);
+            }
+        }
+        Ok(())
+    }
+
+    fn seeds(&mut self) -> Result<Vec<Vec<u8>>> {
+        Ok(vec![b"seed".to_vec()])
     }
 }
