@@ -20,7 +20,8 @@
 //!   replays the same seed from the last checkpoint, saving each input
 //!   first, to keep the one that aborted.
 //!
-//! Findings go to `target/fuzz/crashes/<target>/`; figures to
+//! A debug `cargo xtask fuzz` builds xtask in release and runs a copy of it
+//! (`target/fuzz/xtask-fuzz`). Findings go to `target/fuzz/crashes/<target>/`; figures to
 //! `target/fuzz/results.json`; `target/fuzz/totals.json` adds up the
 //! executions of every run.
 
@@ -59,6 +60,9 @@ pub struct FuzzArgs {
     /// Internal: seconds for the worker.
     #[arg(long, hide = true, default_value_t = 10.0)]
     secs: f64,
+    /// Internal: already running the optimized copy.
+    #[arg(long, hide = true)]
+    in_release: bool,
     /// Internal: save each input from this execution on (replay).
     #[arg(long, hide = true)]
     save_from: Option<u64>,
@@ -121,6 +125,21 @@ pub fn run(root: &Path, args: &FuzzArgs) -> Result<()> {
         args.targets.clone()
     };
     std::fs::create_dir_all(&out_dir)?;
+    if cfg!(debug_assertions) && !args.in_release {
+        // Fuzz an optimized build (several times the executions per
+        // second), from a private copy so that a rebuild during the run
+        // cannot swap the workers' binary.
+        crate::cargo(root, &["build", "--release", "-p", "xtask"], &[])?;
+        let copy = out_dir.join("xtask-fuzz");
+        std::fs::copy(root.join("target/release/xtask"), &copy)
+            .context("copy the release xtask")?;
+        let status = Command::new(&copy)
+            .args(std::env::args_os().skip(1))
+            .arg("--in-release")
+            .status()
+            .context("run the release xtask")?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
     let secs = (args.minutes * 60.0 / names.len() as f64).max(1.0);
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
     let mut results = Vec::new();
