@@ -138,7 +138,11 @@ pub struct FilterConfig {
     pub scan_open_files: bool,
     /// How long a process's system/not-system verdict is cached.
     pub process_cache_ttl: Duration,
-    /// Slack around writer windows (mtime clocks and recording lag).
+    /// Slack around writer windows (default 50 ms). The guard records
+    /// `start` before the writer is let in and `end` after it is done, so a
+    /// guarded write's mtime lies inside the window up to the kernel's
+    /// coarse file-time clock (a few ms); more slack only misattributes
+    /// user edits made just before or after a system write.
     pub writer_window_slack: Duration,
     /// Files larger than this are not content-analysed (rules decide).
     pub max_content_bytes: u64,
@@ -161,7 +165,7 @@ impl Default for FilterConfig {
                 .collect(),
             scan_open_files: true,
             process_cache_ttl: Duration::from_secs(30),
-            writer_window_slack: Duration::from_millis(500),
+            writer_window_slack: Duration::from_millis(50),
             max_content_bytes: 8 * 1024 * 1024,
         }
     }

@@ -8,6 +8,7 @@
 // Helpers below are used by the benchmarks registered in `BENCHES`.
 #![allow(dead_code)]
 
+mod filter;
 mod lock;
 mod snapshot;
 mod session;
@@ -103,7 +104,7 @@ impl Row {
 type BenchFn = fn(&BenchCtx) -> Result<Vec<Row>>;
 
 /// Every benchmark, by name.
-pub const BENCHES: &[(&str, BenchFn)] = &[("lock", lock::run), ("session", session::run), ("snapshot", snapshot::run), ("sync", sync::run), ("remote", remote::run), ("watch", watch::run)];
+pub const BENCHES: &[(&str, BenchFn)] = &[("filter", filter::run), ("lock", lock::run), ("session", session::run), ("snapshot", snapshot::run), ("sync", sync::run), ("remote", remote::run), ("watch", watch::run)];
 
 /// Runs the named benchmarks (all when none) and writes the results.
 pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
