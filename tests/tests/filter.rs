@@ -51,7 +51,8 @@ fn explain_all_layers_human_and_json() {
     assert_eq!(rows[1]["rule"], "content:changed");
     assert_eq!(rows[2]["verdict"], "block");
     assert_eq!(rows[2]["layer"], "rules");
-    assert!(rows[2]["rule"].as_str().unwrap().starts_with("builtin:"));
+    // The config's default excludes (`*.log`) come before the rules.
+    assert_eq!(rows[2]["rule"], "exclude:*.log");
 
     // Human form, from a subfolder (paths relative to the current folder).
     let out = wsync_ok(&repo.path().join("src"), &["filter", "explain", "main.rs"]);
@@ -97,7 +98,7 @@ fn test_rules_only_and_bad_rules_file() {
     assert!(out.contains("ANALYZE src/a.rs  [default]"), "{out}");
 
     let rules = repo.path().join("my.rules");
-    std::fs::write(&rules, "ALLOW:.*\\.log:keep\nBLOCK:.*:rest\n").unwrap();
+    std::fs::write(&rules, "ALLOW:.*\\.txt:keep\nBLOCK:.*:rest\n").unwrap();
     let v = json(&wsync_ok(
         repo.path(),
         &[
@@ -106,13 +107,16 @@ fn test_rules_only_and_bad_rules_file() {
             "test",
             "--rules",
             rules.to_str().unwrap(),
-            "logs/x.log",
+            "notes/x.txt",
             "CLAUDE.md",
+            "logs/x.log",
         ],
     ));
     assert_eq!(v[0]["action"], "ALLOW");
     assert!(v[0]["rule"].as_str().unwrap().ends_with("my.rules:1"));
     assert_eq!(v[1]["action"], "BLOCK");
+    // The config's excludes (`*.log` by default) still come first.
+    assert_eq!(v[2]["rule"], "exclude:*.log");
 
     std::fs::write(&rules, "# ok\nALLOW:a:b\nBLOCK:[z-a]:bad range\n").unwrap();
     let out = wsync(

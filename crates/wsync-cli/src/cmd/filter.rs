@@ -63,8 +63,33 @@ fn build(ctx: &Ctx, config: &FilterConfig) -> Result<Filter> {
     Filter::new(&ctx.workspace, &ctx.state_dir, config).context("cannot load the filter")
 }
 
+/// The filter settings sync uses: `filters.*` of `<state>/config.json`
+/// (defaults when there is none), so `explain` agrees with what sync stages.
+/// Mirrors wsync-coordinator's `classify::filter_config`, which that crate
+/// does not export.
+fn workspace_config(ctx: &Ctx) -> Result<FilterConfig> {
+    let config = wsync_coordinator::Config::load(&ctx.state_dir)?;
+    let f = &config.filters;
+    let default_action = wsync_filter::Action::parse(&f.default_action).with_context(|| {
+        format!(
+            "filters.default_action: {:?} is not one of \"allow\", \"block\", \"analyze\"",
+            f.default_action
+        )
+    })?;
+    Ok(FilterConfig {
+        rules_file: f.rules_file.as_ref().map(|p| ctx.workspace.join(p)),
+        exclude_patterns: f.exclude_patterns.clone(),
+        use_gitignore: f.use_gitignore,
+        default_action,
+        volatile_keys: f.volatile_keys.clone(),
+        system_process_patterns: f.system_process_patterns.clone(),
+        scan_open_files: f.scan_open_files,
+        ..FilterConfig::default()
+    })
+}
+
 fn explain(ctx: &Ctx, paths: &[PathBuf]) -> Result<u8> {
-    let filter = build(ctx, &FilterConfig::default())?;
+    let filter = build(ctx, &workspace_config(ctx)?)?;
     let cwd = std::env::current_dir().context("cannot read the current folder")?;
     let mut changes = Vec::new();
     for p in paths {
@@ -119,10 +144,10 @@ fn explain(ctx: &Ctx, paths: &[PathBuf]) -> Result<u8> {
 }
 
 fn test(ctx: &Ctx, rules: Option<&Path>, paths: &[String]) -> Result<u8> {
-    let config = FilterConfig {
-        rules_file: rules.map(Path::to_path_buf),
-        ..FilterConfig::default()
-    };
+    let mut config = workspace_config(ctx)?;
+    if let Some(rules) = rules {
+        config.rules_file = Some(rules.to_path_buf());
+    }
     let filter = build(ctx, &config)?;
     let rows: Vec<serde_json::Value> = paths
         .iter()
@@ -155,7 +180,7 @@ fn test(ctx: &Ctx, rules: Option<&Path>, paths: &[String]) -> Result<u8> {
 
 fn debug(ctx: &Ctx) -> Result<u8> {
     use notify::Watcher as _;
-    let filter = build(ctx, &FilterConfig::default())?;
+    let filter = build(ctx, &workspace_config(ctx)?)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
