@@ -1009,12 +1009,30 @@ impl SyncEngine {
             };
             conflicts = conflicts::resolve_index(&mut index, &ctx, ws)?;
         }
-        let tree_id = index
-            .write_tree_to(repo)
-            .map_err(Error::git(ws, "write the merged tree"))?;
+        let t = Instant::now();
+        let local_tree = local_commit
+            .tree()
+            .map_err(Error::git(ws, "read HEAD's tree"))?;
+        let tree_id = match git::tree_from_index(repo, &local_tree, &index) {
+            Ok(id) => {
+                debug_assert_eq!(
+                    Some(id),
+                    index.write_tree_to(repo).ok(),
+                    "the incremental merged tree must equal the full one"
+                );
+                id
+            }
+            Err(e) => {
+                tracing::debug!(%e, "incremental tree failed; writing the whole index");
+                index
+                    .write_tree_to(repo)
+                    .map_err(Error::git(ws, "write the merged tree"))?
+            }
+        };
         let tree = repo
             .find_tree(tree_id)
             .map_err(Error::git(ws, "find the merged tree"))?;
+        tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "merged tree");
         let sig = self.signature(repo)?;
         let mut message = format!(
             "wsync: merge {}/{} into {} on {}\n",

@@ -227,6 +227,46 @@ pub(crate) fn changed_paths(
     Ok(out)
 }
 
+/// The tree of an in-memory (merge) index, built by applying only the
+/// entries that differ from `base` (the merge's local tree): writes the
+/// few changed subtrees instead of every tree of a large index.
+pub(crate) fn tree_from_index(
+    repo: &Repository,
+    base: &git2::Tree<'_>,
+    index: &git2::Index,
+) -> Result<Oid, git2::Error> {
+    let mut opts = git2::DiffOptions::new();
+    opts.ignore_submodules(false).include_typechange(true);
+    let diff = repo.diff_tree_to_index(Some(base), Some(index), Some(&mut opts))?;
+    let mut update = git2::build::TreeUpdateBuilder::new();
+    for d in diff.deltas() {
+        match d.status() {
+            git2::Delta::Deleted => {
+                let path = d
+                    .old_file()
+                    .path()
+                    .ok_or_else(|| git2::Error::from_str("no path"))?;
+                update.remove(path);
+            }
+            git2::Delta::Added | git2::Delta::Modified | git2::Delta::Typechange => {
+                let f = d.new_file();
+                let path = f.path().ok_or_else(|| git2::Error::from_str("no path"))?;
+                let mode = match f.mode() {
+                    git2::FileMode::Blob => git2::FileMode::Blob,
+                    git2::FileMode::BlobExecutable => git2::FileMode::BlobExecutable,
+                    git2::FileMode::Link => git2::FileMode::Link,
+                    git2::FileMode::Commit => git2::FileMode::Commit,
+                    _ => return Err(git2::Error::from_str("unexpected file mode")),
+                };
+                update.upsert(path, f.id(), mode);
+            }
+            git2::Delta::Unmodified => {}
+            _ => return Err(git2::Error::from_str("unexpected delta")),
+        }
+    }
+    update.create_updated(repo, base)
+}
+
 /// The commit a ref points at, if the ref exists.
 pub(crate) fn ref_oid(repo: &Repository, name: &str) -> Option<Oid> {
     repo.refname_to_id(name).ok()
