@@ -67,7 +67,10 @@ pub fn run(ctx: &Ctx, args: &SyncArgs, mode: SyncMode) -> Result<u8> {
         Err(e) if e.is_busy() => return Err(Failure::new(exit::BUSY, e).into()),
         Err(e) => return Err(e.into()),
     };
-    ctx.emit(&report, || human(&report))?;
+    if ctx.json || !ctx.quiet {
+        // `-q`: the exit code says it all.
+        ctx.emit(&report, || human(&report))?;
+    }
     if report.skipped() {
         return Ok(exit::SKIPPED);
     }
