@@ -65,7 +65,7 @@ enum Wake {
 /// Most paths a round syncs one by one; more make it a full round.
 const MAX_SCOPED: usize = 500;
 /// Quiet time after which deferred state is written.
-const STATE_FLUSH_AFTER: Duration = Duration::from_millis(500);
+const STATE_FLUSH_AFTER: Duration = Duration::from_secs(2);
 
 /// The root-relative path of an event path, unless it is wsync's own
 /// (state folder, temp files) or the root itself.
