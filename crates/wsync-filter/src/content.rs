@@ -432,6 +432,43 @@ mod tests {
     }
 
     #[test]
+    fn json_line_fast_path_and_fallbacks() {
+        let an = a();
+        let old = "{\n  \"a\": 1,\n  \"timestamp\": \"t1\",\n  \"b\": \"x\"\n}\n";
+        // Same lines but the volatile value: fast path, volatile.
+        let new = old.replace("t1", "t2");
+        let v = an.compare("s.json", Some(old.as_bytes()), new.as_bytes());
+        assert!(v.is_system(), "{v:?}");
+        // A non-volatile value: changed, named by key.
+        let new = old.replace("\"x\"", "\"y\"");
+        let v = an.compare("s.json", Some(old.as_bytes()), new.as_bytes());
+        assert_eq!(
+            v,
+            ContentVerdict::Changed("JSON value of key \"b\" changed (line 4)".into())
+        );
+        // The same value spelled differently is not a change.
+        let new = old.replace("\"x\"", "\"\\u0078\"");
+        let v = an.compare("s.json", Some(old.as_bytes()), new.as_bytes());
+        assert!(v.is_system(), "{v:?}");
+        // A renamed key on the same line falls back to the tree comparison.
+        let new = old.replace("\"b\"", "\"c\"");
+        let v = an.compare("s.json", Some(old.as_bytes()), new.as_bytes());
+        assert_eq!(
+            v,
+            ContentVerdict::Changed("JSON differs at $.b (removed)".into())
+        );
+        // Invalid old JSON never takes the fast path: text rules apply.
+        let bad_old = "{\n  \"timestamp\": \"2026-01-01T00:00:00Z\",\n";
+        let bad_new = "{\n  \"timestamp\": \"2026-01-02T00:00:00Z\",\n";
+        let v = an.compare("s.json", Some(bad_old.as_bytes()), bad_new.as_bytes());
+        assert!(v.is_system(), "{v:?}");
+        assert!(
+            matches!(v, ContentVerdict::VolatileOnly(ref w) if w.contains("changed line")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
     fn glob_volatile_keys() {
         let an = ContentAnalyzer::new(&["*_at".into(), "last_*".into()]).unwrap();
         assert!(an.is_volatile_key("created_at"));
