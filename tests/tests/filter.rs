@@ -261,3 +261,40 @@ fn a_real_wsync_guard_run_is_attributed_to_the_system() {
     ));
     assert_eq!(v[0]["verdict"], "sync", "{v}");
 }
+
+#[test]
+fn a_guard_that_declares_its_paths_leaves_a_simultaneous_user_save_alone() {
+    let repo = TestRepo::with_commit();
+    wsync_ok(repo.path(), &["init"]);
+    // The guarded command writes its own file and, in the same instant, a
+    // "user" saves another file: only the declared path is the writer's.
+    wsync_ok(
+        repo.path(),
+        &[
+            "guard",
+            "--name",
+            "status-writer",
+            "--path",
+            "agent/state.txt",
+            "--",
+            "sh",
+            "-c",
+            "mkdir -p agent notes && echo x > agent/state.txt && echo mine > notes/todo.txt",
+        ],
+    );
+    let v = json(&wsync_ok(
+        repo.path(),
+        &[
+            "--json",
+            "filter",
+            "explain",
+            "agent/state.txt",
+            "notes/todo.txt",
+        ],
+    ));
+    assert_eq!(v[0]["verdict"], "block", "{v}");
+    assert_eq!(v[0]["layer"], "process", "{v}");
+    assert_eq!(v[1]["verdict"], "sync", "{v}");
+    let log = repo.read(".wsync/writers.jsonl");
+    assert!(log.contains("agent/state.txt"), "{log}");
+}

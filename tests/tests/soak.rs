@@ -51,6 +51,7 @@ fn write_as_system(gate: &PauseGate, repo: &TestRepo, rel: &str, text: &str) {
         .writer(&WriterOptions {
             name: "soak-system".into(),
             max_wait: Duration::from_secs(30),
+            ..WriterOptions::default()
         })
         .unwrap();
     repo.write(rel, text);

@@ -61,6 +61,25 @@ pub struct WriterWindow {
     pub end: DateTime<Utc>,
     /// 1-based line in `writers.jsonl`.
     pub line: usize,
+    /// The paths the writer declared (absolute, or relative to the
+    /// workspace); empty when it declared none.
+    pub paths: Vec<PathBuf>,
+}
+
+impl WriterWindow {
+    /// Whether this window can explain a change to `rel` (workspace-relative,
+    /// absolute `abs`): always when the writer declared no paths, else only
+    /// for a declared file or anything under a declared folder.
+    pub fn covers(&self, rel: &Path, abs: &Path) -> bool {
+        self.paths.is_empty()
+            || self.paths.iter().any(|p| {
+                if p.is_absolute() {
+                    abs.starts_with(p)
+                } else {
+                    rel.starts_with(p)
+                }
+            })
+    }
 }
 
 /// Parses `writers.jsonl` text tolerantly: lines that are not JSON objects
@@ -95,6 +114,16 @@ pub fn parse_writer_windows(
             None if pid != 0 && alive(pid) => now.max(start),
             None => start,
         };
+        let paths = obj
+            .get("paths")
+            .and_then(serde_json::Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(serde_json::Value::as_str)
+                    .map(PathBuf::from)
+                    .collect()
+            })
+            .unwrap_or_default();
         // A later record of the same write (pid + start) supersedes it.
         out.retain(|w| !(w.pid == pid && w.start == start));
         out.push(WriterWindow {
@@ -103,6 +132,7 @@ pub fn parse_writer_windows(
             start,
             end,
             line: idx + 1,
+            paths,
         });
     }
     out
@@ -299,11 +329,9 @@ impl ProcessLayer {
         if let Some(t) = mtime {
             let t: DateTime<Utc> = t.into();
             let slack = chrono::Duration::from_std(self.slack).unwrap_or_default();
-            if let Some(w) = evidence
-                .windows
-                .iter()
-                .find(|w| w.start - slack <= t && t <= w.end + slack)
-            {
+            if let Some(w) = evidence.windows.iter().find(|w| {
+                w.start - slack <= t && t <= w.end + slack && w.covers(&change.path, &abs)
+            }) {
                 return Judgement::System {
                     rule: format!("{}:{}", self.writers_file.display(), w.line),
                     reason: format!(
@@ -493,6 +521,28 @@ fn scan_fds(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn declared_paths_scope_a_window() {
+        let now = Utc::now();
+        let text = format!(
+            "{{\"name\":\"a\",\"pid\":1,\"start\":\"{t}\",\"end\":\"{t}\",\
+             \"paths\":[\"/ws/agent\",\"status.json\"]}}\n\
+             {{\"name\":\"b\",\"pid\":2,\"start\":\"{t}\",\"end\":\"{t}\"}}\n",
+            t = now.to_rfc3339()
+        );
+        let w = parse_writer_windows(&text, now, |_| false);
+        let ws = Path::new("/ws");
+        let covers = |w: &WriterWindow, rel: &str| w.covers(Path::new(rel), &ws.join(rel));
+        assert!(covers(&w[0], "agent/state.txt"), "under a declared folder");
+        assert!(covers(&w[0], "status.json"), "a declared relative file");
+        assert!(!covers(&w[0], "src/main.rs"), "not declared");
+        assert!(
+            !covers(&w[0], "agentx/file"),
+            "component-wise, not by prefix"
+        );
+        assert!(covers(&w[1], "src/main.rs"), "no paths: the whole window");
+    }
 
     #[test]
     fn parses_tolerantly() {

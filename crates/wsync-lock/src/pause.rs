@@ -65,6 +65,11 @@ pub struct WriterOptions {
     /// How long to wait for a pause to end before writing anyway (default
     /// 300 s); then [`WriterGuard::pause_exceeded`] is `true`.
     pub max_wait: Duration,
+    /// The files or folders this writer writes, recorded in its window
+    /// (more can be added with [`WriterGuard::wrote`]). Declaring them lets
+    /// the filter attribute only those paths to the writer; with none,
+    /// every change during the window is attributed to it.
+    pub paths: Vec<PathBuf>,
 }
 
 impl Default for WriterOptions {
@@ -72,6 +77,7 @@ impl Default for WriterOptions {
         Self {
             name: "writer".into(),
             max_wait: DEFAULT_MAX_PAUSE,
+            paths: Vec::new(),
         }
     }
 }
@@ -250,6 +256,7 @@ impl PauseGate {
             file: locked.then_some(file),
             state_dir: self.state_dir.clone(),
             name: opts.name.clone(),
+            paths: opts.paths.clone(),
             start: Utc::now(),
             waited: began.elapsed(),
             pause_exceeded: !locked,
@@ -444,6 +451,7 @@ pub struct WriterGuard {
     file: Option<File>,
     state_dir: PathBuf,
     name: String,
+    paths: Vec<PathBuf>,
     start: DateTime<Utc>,
     waited: Duration,
     pause_exceeded: bool,
@@ -473,6 +481,12 @@ impl WriterGuard {
         self.start
     }
 
+    /// Declares one more file or folder this writer writes (recorded in its
+    /// window; see [`WriterOptions::paths`]).
+    pub fn wrote(&mut self, path: impl Into<PathBuf>) {
+        self.paths.push(path.into());
+    }
+
     /// Leaves the gate, returning the recorded window (drop does the same
     /// but cannot report an error).
     pub fn finish(mut self) -> Result<WriterWindow> {
@@ -486,6 +500,11 @@ impl WriterGuard {
             pid: me().pid,
             start: self.start,
             end: Utc::now(),
+            paths: self
+                .paths
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect(),
         };
         // Record before unlocking: once a pause is acknowledged, every
         // window that overlapped it is in the log.

@@ -36,6 +36,13 @@ pub struct WriterWindow {
     pub start: DateTime<Utc>,
     /// When its guard was dropped.
     pub end: DateTime<Utc>,
+    /// The paths the writer declared it writes (files or folders, as the
+    /// host gave them). Empty means "unknown": the filter then attributes
+    /// any change made during the window to the writer; with paths, only
+    /// changes under them, so a user's save at the same instant elsewhere
+    /// is not mistaken for a system write.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
 }
 
 /// The path of the writer log of `state_dir`.
@@ -177,6 +184,7 @@ mod tests {
             pid: i,
             start: t,
             end: t,
+            paths: Vec::new(),
         }
     }
 

@@ -382,6 +382,7 @@ fn ack_timeout_and_max_wait_exceeded() {
         .writer(&WriterOptions {
             name: "impatient".into(),
             max_wait: Duration::from_millis(150),
+            ..WriterOptions::default()
         })
         .unwrap();
     assert!(w.pause_exceeded());
@@ -528,6 +529,7 @@ fn acknowledged_pauses_exclude_writers() {
                         .writer(&WriterOptions {
                             name: format!("w{i}"),
                             max_wait: Duration::from_secs(60),
+                            ..WriterOptions::default()
                         })
                         .unwrap();
                     assert!(!w.pause_exceeded());

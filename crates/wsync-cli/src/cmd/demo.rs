@@ -83,6 +83,9 @@ fn autonomous(ws: &Path, state: &Path, stop: &AtomicBool, writes: &AtomicU64) ->
         let guard = gate.writer(&WriterOptions {
             name: "demo-autonomous".into(),
             max_wait: Duration::from_secs(30),
+            // Declared, so a user save at the same instant is never
+            // attributed to this writer.
+            paths: SYSTEM_PATHS.iter().map(|p| ws.join(p)).collect(),
         })?;
         let now = chrono::Utc::now().to_rfc3339();
         write(

@@ -24,6 +24,11 @@ pub struct GuardArgs {
     /// Wait at most SECS for a pause to end, then run anyway (warns).
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "300")]
     pub max_wait: Duration,
+    /// A file or folder the command writes (repeatable). Recorded in the
+    /// writer window so the filter attributes only these paths to the
+    /// writer; without any, every change during the run is attributed to it.
+    #[arg(long = "path", value_name = "PATH")]
+    pub paths: Vec<std::path::PathBuf>,
     /// The command to run.
     #[command(flatten)]
     pub command: ChildCommand,
@@ -46,6 +51,7 @@ pub fn run(ctx: &Ctx, args: &GuardArgs) -> Result<u8> {
     let opts = WriterOptions {
         name: name.clone(),
         max_wait: args.max_wait,
+        paths: declared_paths(&args.paths),
     };
     let guard = match gate.writer(&opts) {
         Ok(g) => g,
@@ -72,6 +78,13 @@ pub fn run(ctx: &Ctx, args: &GuardArgs) -> Result<u8> {
         ctx.warn(format!("cannot record the writer window: {err}"));
     }
     code
+}
+
+/// Declared paths made absolute against the current folder, so the filter
+/// can match them whatever folder the guard ran in.
+fn declared_paths(paths: &[std::path::PathBuf]) -> Vec<std::path::PathBuf> {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    paths.iter().map(|p| cwd.join(p)).collect()
 }
 
 fn default_name(cmd: &[std::ffi::OsString]) -> String {
