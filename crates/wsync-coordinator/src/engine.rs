@@ -415,12 +415,14 @@ impl SyncEngine {
 
     /// The decision engine: whether a run with these options goes ahead.
     ///
-    /// `force`, `manual`, `startup` and `exit` always run. `watch` runs when
-    /// user changes are pending. `scheduled` and `threshold` need `enabled`,
-    /// and either `monitoring.max_file_changes_before_sync` pending user
-    /// changes or `monitoring.min_time_between_syncs` since the last sync.
-    /// Automatic runs with more than `conflict_resolution.auto_commit_threshold`
-    /// user changes (when non-zero) wait for a manual sync.
+    /// `force`, `manual`, `startup` and `exit` always run. The automatic
+    /// reasons (`scheduled`, `threshold`, `watch`) need `enabled`; `watch`
+    /// then runs when user changes are pending, `scheduled` and `threshold`
+    /// when `monitoring.max_file_changes_before_sync` user changes are
+    /// pending or `monitoring.min_time_between_syncs` passed since the last
+    /// sync. `scheduled` and `watch` runs with more than
+    /// `conflict_resolution.auto_commit_threshold` user changes (when
+    /// non-zero) wait for a manual sync.
     pub fn decide(&self, opts: &SyncOptions) -> Result<Decision, Error> {
         let since_last_secs = synclog::last_success(&self.state_dir)?
             .map(|e| u64::try_from((Utc::now() - e.started_at).num_seconds().max(0)).unwrap_or(0));
@@ -448,7 +450,7 @@ impl SyncEngine {
             d.run = false;
             d.why = why;
         };
-        if opts.reason != Reason::Threshold && !self.config.enabled {
+        if !self.config.enabled {
             skip(
                 &mut d,
                 "automatic sync is disabled (`wsync config enable`)".into(),

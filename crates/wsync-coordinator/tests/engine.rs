@@ -583,3 +583,32 @@ fn a_file_edited_during_the_sync_is_kept_and_the_incoming_one_put_beside_it() {
     assert_eq!(b.repo.read("README.md"), "# typed during the sync\n");
     assert_eq!(b.repo.read(&copy), "# from b\n");
 }
+
+#[test]
+fn every_automatic_reason_waits_while_disabled() {
+    let remote = TestRemote::new();
+    let a = Side::new(&remote, "a");
+    a.repo.write("x.txt", "x\n");
+    for reason in [Reason::Scheduled, Reason::Threshold, Reason::Watch] {
+        let r = a
+            .engine(Config::default())
+            .run(&SyncOptions {
+                reason,
+                ..SyncOptions::default()
+            })
+            .unwrap();
+        assert!(r.skipped(), "{reason}");
+        assert!(r.decision.why.contains("disabled"), "{}", r.decision.why);
+    }
+    for reason in [Reason::Manual, Reason::Startup, Reason::Exit] {
+        let r = a
+            .engine(Config::default())
+            .run(&SyncOptions {
+                reason,
+                ..SyncOptions::default()
+            })
+            .unwrap();
+        assert!(!r.skipped(), "{reason}");
+    }
+    assert!(git(remote.bare(), &["ls-tree", "-r", "--name-only", "main"]).contains("x.txt"));
+}
