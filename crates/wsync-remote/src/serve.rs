@@ -477,6 +477,8 @@ fn watch_loop<R: Read + Send + 'static, W: Write>(
         };
         match msg {
             None | Some(WatchMsg::ClientGone) => return Ok(()),
+            // Opens and reads (scans, hashing, sending) change nothing.
+            Some(WatchMsg::Event(Ok(ev))) if matches!(ev.kind, notify::EventKind::Access(_)) => {}
             Some(WatchMsg::Event(Ok(ev))) => {
                 if ev.need_rescan() {
                     rescan = true;

@@ -120,6 +120,9 @@ pub fn watch(
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         let wake = match ev {
             Ok(ev) if ev.need_rescan() => Some(Wake::Local(None)),
+            // Opens and reads (our own scans and hashing among them)
+            // change nothing.
+            Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => None,
             Ok(ev) => {
                 let paths: Vec<Vec<u8>> = ev
                     .paths
