@@ -356,7 +356,7 @@ fn serve_pids(root: &Path) -> Vec<u32> {
                     .split(|&b| b == 0)
                     .map(|a| String::from_utf8_lossy(a).into_owned())
                     .collect();
-                args.iter().any(|a| a == "serve") && args.iter().any(|a| *a == needle)
+                args.iter().any(|a| a == "serve") && args.contains(&needle)
             })
         })
         .collect()

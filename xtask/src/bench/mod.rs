@@ -5,15 +5,12 @@
 //! `pub fn run(ctx: &BenchCtx) -> anyhow::Result<Vec<Row>>` and list it in
 //! [`BENCHES`]. Numbers are never asserted; they are reported.
 
-// Helpers below are used by the benchmarks registered in `BENCHES`.
-#![allow(dead_code)]
-
 mod filter;
 mod lock;
-mod snapshot;
-mod session;
-mod sync;
 mod remote;
+mod session;
+mod snapshot;
+mod sync;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -104,7 +101,15 @@ impl Row {
 type BenchFn = fn(&BenchCtx) -> Result<Vec<Row>>;
 
 /// Every benchmark, by name.
-pub const BENCHES: &[(&str, BenchFn)] = &[("filter", filter::run), ("lock", lock::run), ("session", session::run), ("snapshot", snapshot::run), ("sync", sync::run), ("remote", remote::run), ("watch", watch::run)];
+pub const BENCHES: &[(&str, BenchFn)] = &[
+    ("filter", filter::run),
+    ("lock", lock::run),
+    ("session", session::run),
+    ("snapshot", snapshot::run),
+    ("sync", sync::run),
+    ("watch", watch::run),
+    ("remote", remote::run),
+];
 
 /// Runs the named benchmarks (all when none) and writes the results.
 pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
@@ -203,18 +208,14 @@ pub struct Stats {
     pub p50: Duration,
     /// 95th percentile.
     pub p95: Duration,
-    /// Mean.
-    pub mean: Duration,
 }
 
-/// Computes p50/p95/mean (panics on an empty sample only in debug builds;
-/// returns zeros instead).
+/// Computes p50/p95 (zeros for an empty sample).
 pub fn stats(samples: &mut [Duration]) -> Stats {
     if samples.is_empty() {
         return Stats {
             p50: Duration::ZERO,
             p95: Duration::ZERO,
-            mean: Duration::ZERO,
         };
     }
     samples.sort_unstable();
@@ -222,11 +223,9 @@ pub fn stats(samples: &mut [Duration]) -> Stats {
         let idx = ((samples.len() - 1) as f64 * q).round() as usize;
         samples[idx.min(samples.len() - 1)]
     };
-    let total: Duration = samples.iter().sum();
     Stats {
         p50: pick(0.5),
         p95: pick(0.95),
-        mean: total / u32::try_from(samples.len()).unwrap_or(u32::MAX),
     }
 }
 
