@@ -1,6 +1,6 @@
 //! `wsync lock status|run`: the sync lock from the shell.
 //!
-//! Also home of [`run_child`], the wrapped-command runner `wsync lock run`,
+//! Also home of `run_child`, the wrapped-command runner `wsync lock run`,
 //! `wsync guard` and `wsync pause run` share.
 
 use std::ffi::OsString;
