@@ -461,10 +461,19 @@ fn read_entry(
                 Ok(now) if now.ino() != before.ino() || now.dev() != before.dev() => {}
                 // Gone (e.g. a writer's temp file renamed away).
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                // Possibly mid-write: wait until it has been quiet long enough.
+                // Possibly mid-write: wait until it has been quiet long
+                // enough. If the inode we read then still has the size and
+                // mtime it had when we read it, what we read stood still
+                // for SETTLE (the same guarantee as a file already quiet
+                // when the read began) — even if the path was replaced by
+                // rename meanwhile, which only touches the old inode's
+                // ctime. Otherwise read again.
                 _ => {
                     std::thread::sleep(SETTLE.saturating_sub(age_of(&before)));
-                    continue;
+                    let later = file.metadata().map_err(io_err(abs))?;
+                    if !same_content_stat(&before, &later) {
+                        continue;
+                    }
                 }
             }
         }
@@ -480,6 +489,12 @@ fn read_entry(
         path: abs.to_path_buf(),
         attempts: MAX_ATTEMPTS,
     })
+}
+
+/// Size and modification time equal: the inode's content did not change
+/// (writes always move the mtime), whatever happened to its links.
+fn same_content_stat(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    a.len() == b.len() && a.mtime() == b.mtime() && a.mtime_nsec() == b.mtime_nsec()
 }
 
 /// Writes exactly `len` bytes of `file` as a blob; `None` if the file's
