@@ -493,7 +493,7 @@ fn read_entry(
 
 /// Size and modification time equal: the inode's content did not change
 /// (writes always move the mtime), whatever happened to its links.
-fn same_content_stat(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+fn same_content_stat(a: &Metadata, b: &Metadata) -> bool {
     a.len() == b.len() && a.mtime() == b.mtime() && a.mtime_nsec() == b.mtime_nsec()
 }
 
