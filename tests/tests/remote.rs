@@ -186,6 +186,36 @@ fn missing_remote_wsync_is_explained() {
 }
 
 #[test]
+fn missing_remote_wsync_over_real_sshd_is_explained() {
+    let Some(sshd) = Sshd::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    write(&a, "f", b"x");
+    let peer = format!("{}:{}", sshd.destination(), dir.path().join("b").display());
+    let out = wsync(
+        dir.path(),
+        &[
+            "remote",
+            "push",
+            a.to_str().unwrap(),
+            &peer,
+            "--rsh",
+            &sshd.ssh_command(),
+            "--remote-wsync",
+            "/nonexistent/wsync",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not answer the handshake"), "{err}");
+    assert!(err.contains("--remote-wsync"), "{err}");
+    assert!(
+        !dir.path().join("b").exists(),
+        "nothing was created on the peer"
+    );
+}
+
+#[test]
 fn over_real_sshd() {
     let Some(sshd) = Sshd::start() else { return };
     let dir = tempfile::tempdir().unwrap();
