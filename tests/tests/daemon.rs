@@ -252,7 +252,10 @@ fn health_reports_every_check_and_fails_on_a_broken_repository() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["repository", "disk", "sync_lock", "queue"]);
+    assert_eq!(
+        names,
+        ["repository", "disk", "sync_lock", "git_locks", "queue"]
+    );
     let tree = repo.git(&["rev-parse", "HEAD^{tree}"]);
     let tree = tree.trim();
     std::fs::remove_file(

@@ -1,6 +1,7 @@
 //! Health checks (`wsync health`): repository integrity, free disk space,
-//! stale sync-lock records and queue entries stuck longer than the lock's
-//! maximum hold. The daemon runs them every five minutes.
+//! stale sync-lock records, git lock files left behind by a killed git
+//! process (in the workspace and in a local-path remote), and queue entries
+//! stuck longer than the lock's maximum hold. The daemon runs them every five minutes.
 //!
 //! Checks never fail as a whole: each one reports `ok`, `warn` or `fail`
 //! with a sentence saying why.
@@ -38,6 +39,13 @@ pub struct HealthOptions {
     /// The sync lock's maximum hold: queue entries running or waiting
     /// longer than this are stuck (default 600 s).
     pub max_hold: Duration,
+    /// The git remote whose repository is also checked for leftover lock
+    /// files when it is a local path or `file://` URL (default `origin`).
+    pub remote_name: String,
+    /// A git lock file older than this is reported as probably left by a
+    /// killed git process (default 120 s; git holds its locks for
+    /// milliseconds).
+    pub stale_git_lock_age: Duration,
 }
 
 impl Default for HealthOptions {
@@ -47,6 +55,8 @@ impl Default for HealthOptions {
             fsck_timeout: Duration::from_secs(60),
             skip_fsck: false,
             max_hold: Duration::from_secs(600),
+            remote_name: "origin".into(),
+            stale_git_lock_age: Duration::from_secs(120),
         }
     }
 }
@@ -66,7 +76,7 @@ pub enum CheckStatus {
 /// One check's result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
-    /// `repository`, `disk`, `sync_lock` or `queue`.
+    /// `repository`, `disk`, `sync_lock`, `git_locks` or `queue`.
     pub name: &'static str,
     /// The outcome.
     pub status: CheckStatus,
@@ -111,12 +121,17 @@ fn check_result(name: &'static str, status: CheckStatus, detail: impl Into<Strin
 
 /// Runs every check for the workspace and its state folder.
 pub fn check(workspace: &Path, state_dir: &Path, opts: &HealthOptions) -> HealthReport {
-    let mut checks = Vec::with_capacity(4);
+    let mut checks = Vec::with_capacity(5);
     if !opts.skip_fsck {
         checks.push(check_repository(workspace, opts.fsck_timeout));
     }
     checks.push(check_disk(workspace, opts.min_free_bytes));
     checks.push(check_lock(state_dir));
+    checks.push(check_git_locks(
+        workspace,
+        &opts.remote_name,
+        opts.stale_git_lock_age,
+    ));
     checks.push(check_queue(state_dir, opts.max_hold));
     HealthReport {
         checked_at: Utc::now(),
@@ -267,6 +282,110 @@ pub fn check_lock(state_dir: &Path) -> Check {
     }
 }
 
+/// Git lock files (`*.lock` under `refs/`, and `index.lock`, `HEAD.lock`,
+/// `packed-refs.lock`, `config.lock`, `shallow.lock`) older than `min_age`
+/// in the workspace's git folder and, when the remote is a local path or a
+/// `file://` URL, in the remote's repository. A git process killed with
+/// SIGKILL leaves them behind, and every later fetch or push then fails.
+/// They are only reported, with the command that removes them: another git
+/// process may legitimately hold one, which only a person can rule out.
+pub fn check_git_locks(workspace: &Path, remote_name: &str, min_age: Duration) -> Check {
+    const NAME: &str = "git_locks";
+    let Ok(repo) = git2::Repository::open(workspace) else {
+        return check_result(NAME, CheckStatus::Ok, "not a git repository");
+    };
+    let mut dirs = vec![repo.path().to_path_buf()];
+    if let Some(dir) = repo
+        .find_remote(remote_name)
+        .ok()
+        .and_then(|r| r.url().map(str::to_owned))
+        .and_then(|url| local_repo_dir(workspace, &url))
+    {
+        dirs.push(dir);
+    }
+    let mut stale = Vec::new();
+    for dir in &dirs {
+        for name in [
+            "index.lock",
+            "HEAD.lock",
+            "packed-refs.lock",
+            "config.lock",
+            "shallow.lock",
+        ] {
+            note_if_stale(&dir.join(name), min_age, &mut stale);
+        }
+        collect_ref_locks(&dir.join("refs"), min_age, &mut stale, 0);
+    }
+    if stale.is_empty() {
+        return check_result(NAME, CheckStatus::Ok, "no leftover git lock files");
+    }
+    let list: Vec<String> = stale.iter().map(|p| p.display().to_string()).collect();
+    check_result(
+        NAME,
+        CheckStatus::Warn,
+        format!(
+            "{} git lock file(s) older than {} s, probably left by a killed git process; \
+             fetch/push fail until they are gone. If no git process is running: rm -f {}",
+            list.len(),
+            min_age.as_secs(),
+            list.join(" ")
+        ),
+    )
+}
+
+/// The repository folder of a local-path or `file://` remote URL.
+fn local_repo_dir(workspace: &Path, url: &str) -> Option<std::path::PathBuf> {
+    let path = match url.strip_prefix("file://") {
+        Some(p) => std::path::PathBuf::from(p),
+        None if url.contains("://") || (url.contains(':') && !url.starts_with('/')) => {
+            return None;
+        }
+        None => workspace.join(url),
+    };
+    let dot_git = path.join(".git");
+    if dot_git.is_dir() {
+        Some(dot_git)
+    } else if path.join("refs").is_dir() {
+        Some(path)
+    } else {
+        None
+    }
+}
+
+fn note_if_stale(path: &Path, min_age: Duration, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    let age = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.elapsed().ok())
+        .unwrap_or_default();
+    if meta.is_file() && age >= min_age {
+        out.push(path.to_path_buf());
+    }
+}
+
+fn collect_ref_locks(dir: &Path, min_age: Duration, out: &mut Vec<std::path::PathBuf>, depth: u32) {
+    // Ref names are a few levels deep; the bound only guards against loops.
+    if depth > 16 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => collect_ref_locks(&path, min_age, out, depth + 1),
+            Ok(t) if t.is_file() && path.extension().is_some_and(|e| e == "lock") => {
+                note_if_stale(&path, min_age, out);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Queue entries running, or due and waiting, longer than `max_hold`.
 pub fn check_queue(state_dir: &Path, max_hold: Duration) -> Check {
     const NAME: &str = "queue";
@@ -331,13 +450,59 @@ mod tests {
     use wsync_testutils::TestRepo;
 
     #[test]
+    fn leftover_git_locks_in_the_workspace_and_a_local_remote_are_reported() {
+        let remote = wsync_testutils::TestRemote::new();
+        let clone = remote.clone_repo("a");
+        let quick = Duration::from_secs(120);
+        assert_eq!(
+            check_git_locks(clone.path(), "origin", quick).status,
+            CheckStatus::Ok
+        );
+        // What a SIGKILLed `git receive-pack` leaves in the bare remote, and
+        // a killed `git fetch` in the clone.
+        let remote_lock = remote.bare().join("refs/heads/main.lock");
+        let local_lock = clone.path().join(".git/refs/remotes/origin/main.lock");
+        std::fs::create_dir_all(local_lock.parent().unwrap()).unwrap();
+        for p in [&remote_lock, &local_lock] {
+            std::fs::write(p, "0123\n").unwrap();
+        }
+        // Fresh locks may belong to a running git: not reported yet.
+        assert_eq!(
+            check_git_locks(clone.path(), "origin", quick).status,
+            CheckStatus::Ok
+        );
+        let old = std::time::SystemTime::now() - Duration::from_secs(600);
+        for p in [&remote_lock, &local_lock] {
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        let c = check_git_locks(clone.path(), "origin", quick);
+        assert_eq!(c.status, CheckStatus::Warn, "{c:?}");
+        assert!(
+            c.detail.contains(&remote_lock.display().to_string()),
+            "{c:?}"
+        );
+        assert!(
+            c.detail.contains(&local_lock.display().to_string()),
+            "{c:?}"
+        );
+        assert!(c.detail.contains("rm -f"), "{c:?}");
+        // Reported, never removed.
+        assert!(remote_lock.exists() && local_lock.exists());
+    }
+
+    #[test]
     fn a_fresh_repository_is_healthy() {
         let repo = TestRepo::with_commit();
         let state = repo.path().join(".wsync");
         std::fs::create_dir_all(&state).unwrap();
         let r = check(repo.path(), &state, &HealthOptions::default());
         assert!(r.healthy(), "{r:?}");
-        assert_eq!(r.checks.len(), 4);
+        assert_eq!(r.checks.len(), 5);
         assert_eq!(r.worst(), CheckStatus::Ok);
     }
 
