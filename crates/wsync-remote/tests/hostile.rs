@@ -277,3 +277,46 @@ fn client_refuses_hostile_scan() {
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
     assert!(!local.path().join(".wsync").exists());
 }
+
+/// The preamble of a wsync speaking protocol version `v`.
+fn preamble(v: u32) -> Vec<u8> {
+    let mut p = wire::MAGIC.to_vec();
+    p.extend_from_slice(&v.to_be_bytes());
+    p
+}
+
+#[test]
+fn incompatible_protocol_versions_are_named_on_both_sides() {
+    let ours = wire::PROTOCOL_VERSION;
+    let theirs = ours + 41;
+    // The client meets a newer server.
+    let err = wsync_remote::conn::Conn::from_streams(
+        "peer",
+        std::io::Cursor::new(preamble(theirs)),
+        std::io::sink(),
+    )
+    .err()
+    .expect("a version mismatch is refused");
+    assert!(
+        matches!(err, Error::Version { peer, ours: o } if peer == theirs && o == ours),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains(&format!("protocol {theirs}")), "{text}");
+    assert!(text.contains("same wsync version"), "{text}");
+
+    // The server meets a newer client: it answers nothing beyond its own
+    // preamble and touches nothing in its root.
+    let dir = tempfile::tempdir().unwrap();
+    let mut answer = Vec::new();
+    let err = serve(
+        dir.path(),
+        std::io::Cursor::new(preamble(theirs)),
+        &mut answer,
+        &ServeOptions::default(),
+    )
+    .expect_err("a version mismatch is refused");
+    assert!(matches!(err, Error::Version { .. }), "{err:?}");
+    assert_eq!(answer, preamble(ours), "only our preamble was sent");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
