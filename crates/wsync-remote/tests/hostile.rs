@@ -290,13 +290,13 @@ fn incompatible_protocol_versions_are_named_on_both_sides() {
     let ours = wire::PROTOCOL_VERSION;
     let theirs = ours + 41;
     // The client meets a newer server.
-    let err = wsync_remote::conn::Conn::from_streams(
+    let Err(err) = wsync_remote::conn::Conn::from_streams(
         "peer",
         std::io::Cursor::new(preamble(theirs)),
         std::io::sink(),
-    )
-    .err()
-    .expect("a version mismatch is refused");
+    ) else {
+        panic!("a version mismatch must be refused");
+    };
     assert!(
         matches!(err, Error::Version { peer, ours: o } if peer == theirs && o == ours),
         "{err:?}"
