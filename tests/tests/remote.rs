@@ -2,7 +2,6 @@
 //! 127.0.0.1, SIGKILL mid-transfer, watch.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -11,37 +10,10 @@ use std::time::Duration;
 
 use wsync_testutils::{KillOnDrop, Sshd, wait_until, wsync, wsync_bin, wsync_cmd, wsync_ok};
 
-type Snap = BTreeMap<Vec<u8>, (char, Vec<u8>, bool)>;
+use wsync_testutils::TreeSnapshot as Snap;
 
 fn snap(root: &Path) -> Snap {
-    fn walk(root: &Path, dir: &Path, out: &mut Snap) {
-        for de in std::fs::read_dir(dir).unwrap() {
-            let p = de.unwrap().path();
-            let rel = p
-                .strip_prefix(root)
-                .unwrap()
-                .as_os_str()
-                .as_bytes()
-                .to_vec();
-            if rel == b".wsync" {
-                continue;
-            }
-            let md = std::fs::symlink_metadata(&p).unwrap();
-            if md.file_type().is_symlink() {
-                let t = std::fs::read_link(&p).unwrap();
-                out.insert(rel, ('l', t.as_os_str().as_bytes().to_vec(), false));
-            } else if md.is_dir() {
-                out.insert(rel, ('d', Vec::new(), false));
-                walk(root, &p, out);
-            } else {
-                let x = md.permissions().mode() & 0o100 != 0;
-                out.insert(rel, ('f', std::fs::read(&p).unwrap(), x));
-            }
-        }
-    }
-    let mut out = Snap::new();
-    walk(root, root, &mut out);
-    out
+    wsync_testutils::tree_snapshot(root)
 }
 
 fn write(root: &Path, rel: &str, data: &[u8]) {

@@ -294,6 +294,49 @@ fn canonical(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap()
 }
 
+/// A whole tree as data: relative path bytes → (kind `'f'`/`'d'`/`'l'`,
+/// file content or link target, exec bit).
+pub type TreeSnapshot = std::collections::BTreeMap<Vec<u8>, (char, Vec<u8>, bool)>;
+
+/// Reads every entry under `root` without following symlinks, skipping a
+/// top-level `.wsync` state folder; a missing `root` is an empty tree.
+/// Compare two with `assert_eq!` to check a sync made them equal.
+pub fn tree_snapshot(root: &Path) -> TreeSnapshot {
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    fn walk(root: &Path, dir: &Path, out: &mut TreeSnapshot) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for de in rd {
+            let p = de.unwrap().path();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            if rel == b".wsync" {
+                continue;
+            }
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if md.file_type().is_symlink() {
+                let t = std::fs::read_link(&p).unwrap();
+                out.insert(rel, ('l', t.as_os_str().as_bytes().to_vec(), false));
+            } else if md.is_dir() {
+                out.insert(rel, ('d', Vec::new(), false));
+                walk(root, &p, out);
+            } else {
+                let exec = md.permissions().mode() & 0o100 != 0;
+                out.insert(rel, ('f', std::fs::read(&p).unwrap(), exec));
+            }
+        }
+    }
+    let mut out = TreeSnapshot::new();
+    walk(root, root, &mut out);
+    out
+}
+
 /// The workspace root (the folder holding the root `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,9 +1,6 @@
 //! Helpers shared by the integration tests.
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use wsync_remote::conn::local_pair;
@@ -11,44 +8,9 @@ use wsync_remote::serve::ServeOptions;
 use wsync_remote::{Session, SyncOptions};
 
 /// What a tree holds: kind, content (or link target) and exec bit.
-pub type Snapshot = BTreeMap<Vec<u8>, (char, Vec<u8>, bool)>;
-
+pub use wsync_testutils::TreeSnapshot as Snapshot;
 /// Reads a whole tree (no symlink following), skipping `.wsync`.
-pub fn snapshot(root: &Path) -> Snapshot {
-    let mut out = Snapshot::new();
-    walk(root, root, &mut out);
-    out
-}
-
-fn walk(root: &Path, dir: &Path, out: &mut Snapshot) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for de in rd {
-        let de = de.unwrap();
-        let p = de.path();
-        let rel = p
-            .strip_prefix(root)
-            .unwrap()
-            .as_os_str()
-            .as_bytes()
-            .to_vec();
-        if rel == b".wsync" {
-            continue;
-        }
-        let md = std::fs::symlink_metadata(&p).unwrap();
-        if md.file_type().is_symlink() {
-            let t = std::fs::read_link(&p).unwrap();
-            out.insert(rel, ('l', t.as_os_str().as_bytes().to_vec(), false));
-        } else if md.is_dir() {
-            out.insert(rel, ('d', Vec::new(), false));
-            walk(root, &p, out);
-        } else {
-            let exec = md.permissions().mode() & 0o100 != 0;
-            out.insert(rel, ('f', std::fs::read(&p).unwrap(), exec));
-        }
-    }
-}
+pub use wsync_testutils::tree_snapshot as snapshot;
 
 /// A session from `local` to an in-process server for `remote`.
 pub fn session(local: &Path, remote: &Path) -> Session {
