@@ -26,24 +26,7 @@ const TOKENS: &[&[u8]] = &[
 ];
 
 fn mutated(seed: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
-    proptest::collection::vec((any::<usize>(), 0..TOKENS.len(), 0u8..3), 0..6).prop_map(
-        move |edits| {
-            let mut s = seed.clone();
-            for (pos, tok, kind) in edits {
-                let at = pos % (s.len() + 1);
-                match kind {
-                    0 if at < s.len() => {
-                        s.remove(at);
-                    }
-                    1 => s.truncate(at),
-                    _ => {
-                        s.splice(at..at, TOKENS[tok].iter().copied());
-                    }
-                }
-            }
-            s
-        },
-    )
+    wsync_testutils::mutated(seed, TOKENS)
 }
 
 fn record_seed() -> Vec<u8> {

@@ -294,6 +294,34 @@ fn canonical(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap()
 }
 
+/// A proptest strategy for fuzzing a parser: `seed` (a valid input) with up
+/// to five random edits — a byte removed, the rest truncated, or one of
+/// `tokens` (interesting fragments for the format) spliced in.
+pub fn mutated(
+    seed: Vec<u8>,
+    tokens: &'static [&'static [u8]],
+) -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    proptest::collection::vec((any::<usize>(), 0..tokens.len(), 0u8..3), 0..6).prop_map(
+        move |edits| {
+            let mut s = seed.clone();
+            for (pos, tok, kind) in edits {
+                let at = pos % (s.len() + 1);
+                match kind {
+                    0 if at < s.len() => {
+                        s.remove(at);
+                    }
+                    1 => s.truncate(at),
+                    _ => {
+                        s.splice(at..at, tokens[tok].iter().copied());
+                    }
+                }
+            }
+            s
+        },
+    )
+}
+
 /// A whole tree as data: relative path bytes → (kind `'f'`/`'d'`/`'l'`,
 /// file content or link target, exec bit).
 pub type TreeSnapshot = std::collections::BTreeMap<Vec<u8>, (char, Vec<u8>, bool)>;
