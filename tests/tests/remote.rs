@@ -394,3 +394,129 @@ fn watch_reconnects_after_the_peer_dies() {
         "watch did not reconnect"
     );
 }
+
+#[test]
+fn two_runs_on_one_local_root_never_overlap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    write(&a, "start.txt", b"s");
+    std::fs::create_dir_all(&b).unwrap();
+    let (a_s, b_s, c_s) = (
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        c.to_str().unwrap(),
+    );
+    // A watch holds the lock of `a` for as long as it runs.
+    let child = wsync_cmd(dir.path())
+        .args(["remote", "watch", a_s, b_s])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let watcher = child.id();
+    let mut child = KillOnDrop(child);
+    assert!(wait_until(Duration::from_secs(20), || b
+        .join("start.txt")
+        .exists()));
+    // Every other run on `a` (even with another peer) is refused, busy,
+    // with the holder named; nothing is transferred.
+    for verb in ["sync", "push", "pull", "watch"] {
+        let out = wsync(dir.path(), &["remote", verb, a_s, c_s]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{verb}: {err}");
+        assert!(err.contains(&format!("pid {watcher}")), "{verb}: {err}");
+        assert!(err.contains("wsync remote watch"), "{verb}: {err}");
+        assert!(!err.contains("panicked"), "{verb}: {err}");
+    }
+    assert!(!c.join("start.txt").exists());
+    // --wait waits, then gives up with the same code.
+    let t = std::time::Instant::now();
+    let out = wsync(dir.path(), &["remote", "push", a_s, c_s, "--wait", "1"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(t.elapsed() >= Duration::from_millis(900));
+    // A dry run changes nothing and is not blocked.
+    let out = wsync(dir.path(), &["remote", "push", a_s, c_s, "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // Once the holder is gone (even SIGKILLed) the lock is free again, and
+    // a waiting run proceeds.
+    let waiting = wsync_cmd(dir.path())
+        .args(["remote", "push", a_s, c_s, "--wait", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill();
+    let out = waiting.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(std::fs::read(c.join("start.txt")).unwrap(), b"s");
+}
+
+#[test]
+fn sigkill_of_the_server_mid_transfer_is_a_clear_error_and_rerun_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let big: Vec<u8> = (0..96 * 1024 * 1024 / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let tmp_in = |d: &Path| {
+        std::fs::read_dir(d).unwrap().any(|e| {
+            e.unwrap()
+                .file_name()
+                .as_bytes()
+                .starts_with(b".wsync-tmp.")
+        })
+    };
+    // push: the server (receiver) dies; pull: the server (sender) dies.
+    for (verb, from, to) in [("push", &a, &b), ("pull", &b, &a)] {
+        std::fs::write(from.join("big.bin"), &big).unwrap();
+        let _ = std::fs::remove_file(to.join("big.bin"));
+        let child = wsync_cmd(dir.path())
+            .args(["remote", verb, a_s, b_s])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = wait_until(Duration::from_secs(30), || tmp_in(to));
+        assert!(started, "{verb}: the transfer never started");
+        let pids = serve_pids(&b);
+        assert_eq!(pids.len(), 1, "{verb}: {pids:?}");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pids[0] as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{verb}: {err}");
+        assert!(err.contains("connection"), "{verb}: {err}");
+        assert!(!err.contains("panicked"), "{verb}: {err}");
+        // Nothing half-written at a final path on either side.
+        for side in [&a, &b] {
+            if let Ok(got) = std::fs::read(side.join("big.bin")) {
+                assert!(got == big, "{verb}: partial file in {}", side.display());
+            }
+        }
+        if verb == "pull" {
+            // The client cleaned up its own temp file.
+            assert!(!tmp_in(&a), "pull left a temp file behind");
+        }
+        wsync_ok(dir.path(), &["remote", verb, a_s, b_s]);
+        assert!(std::fs::read(to.join("big.bin")).unwrap() == big, "{verb}");
+        std::fs::remove_file(from.join("big.bin")).unwrap();
+        std::fs::remove_file(to.join("big.bin")).unwrap();
+    }
+}

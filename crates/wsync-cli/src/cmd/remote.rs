@@ -93,6 +93,47 @@ pub struct TransferArgs {
     /// Skip fsync on both sides (throwaway data and benchmarks only).
     #[arg(long, hide = true)]
     pub no_fsync: bool,
+    /// When another `wsync remote` run holds LOCAL, wait up to SECS for it
+    /// instead of failing at once (exit code 3 when it is still busy).
+    #[arg(long, value_name = "SECS")]
+    pub wait: Option<u64>,
+}
+
+/// Takes the lock of LOCAL (`LOCAL/.wsync/remote-lock/sync.lock`, an
+/// `flock`; beside the pair states in `.wsync/remote/`, apart from the
+/// workspace's own `.wsync/sync.lock`): two runs that change the same
+/// local root never overlap. A busy lock fails with [`exit::BUSY`],
+/// naming the holder.
+fn lock_local(t: &TransferArgs, verb: &str) -> Result<wsync_lock::SyncLockGuard> {
+    use wsync_lock::{LockOptions, SyncLock, Wait};
+    let dir = t.local.join(wsync_remote::fsops::STATE_DIR).join("remote-lock");
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the state folder {}", dir.display()))?;
+    let opts = LockOptions {
+        caller: format!("wsync remote {verb}"),
+        reason: format!("{} with {}", t.local.display(), t.peer),
+        // A watch holds it for as long as it runs.
+        max_hold: if verb == "watch" {
+            std::time::Duration::from_secs(365 * 24 * 3600)
+        } else {
+            LockOptions::default().max_hold
+        },
+    };
+    let wait = t.wait.map_or(Wait::Fail, |s| {
+        Wait::Timeout(std::time::Duration::from_secs(s))
+    });
+    match SyncLock::new(&dir).acquire(&opts, wait) {
+        Ok(g) => Ok(g),
+        Err(err @ wsync_lock::Error::Busy { .. }) => Err(exit::Failure::new(
+            exit::BUSY,
+            anyhow::anyhow!(
+                "{err}: another wsync remote run is using {}",
+                t.local.display()
+            ),
+        )
+        .into()),
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// A private folder for ssh control sockets.
@@ -214,6 +255,17 @@ fn transfer(ctx: &Ctx, t: &TransferArgs, mode: Mode) -> Result<u8> {
     }
     let copts = connect_options(t)?;
     let opts = sync_options(ctx, t);
+    let verb = match mode {
+        Mode::Push => "push",
+        Mode::Pull => "pull",
+        Mode::Sync => "sync",
+    };
+    // A dry run changes nothing and needs no lock.
+    let _lock = if t.dry_run {
+        None
+    } else {
+        Some(lock_local(t, verb)?)
+    };
     let mut session = Session::connect(&t.local, &peer, &copts)
         .with_context(|| format!("connecting to {}", t.peer))?;
     if t.no_fsync {
@@ -286,6 +338,7 @@ fn print_report(ctx: &Ctx, t: &TransferArgs, report: &Report) -> Result<()> {
 fn watch(ctx: &Ctx, t: &TransferArgs) -> Result<u8> {
     let peer = PeerSpec::parse(&t.peer)?;
     let copts = connect_options(t)?;
+    let _lock = lock_local(t, "watch")?;
     let mut sync = sync_options(ctx, t);
     sync.progress = None;
     let opts = WatchOptions {
