@@ -2,13 +2,13 @@
 //!
 //! The real index file is read into a separate in-memory `Index` that is
 //! never written back. Its tree (with the index's tree cache, only changed
-//! folders are re-hashed) becomes the index commit. libgit2's index-to-workdir
-//! diff, which trusts the index's stat data and only hashes files whose stat
-//! changed, lists what differs; exactly those files are read (streamed for
-//! large files) and put into the in-memory index, whose tree is then the
-//! whole working tree.
+//! folders are re-hashed) becomes the index commit. The scan (see `scan`),
+//! which trusts the index's stat data, lists what may differ; exactly those
+//! files are read (streamed for large files) and stored as blobs, and the
+//! working tree's tree is the index tree with those changes applied —
+//! only the folders on the changed paths are rewritten.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, Metadata};
 use std::io::{Read as _, Write};
 use std::os::unix::ffi::OsStrExt as _;
@@ -141,39 +141,8 @@ pub(crate) fn capture(
         }
     };
     let scan = crate::scan::scan(repo, &store.workspace, &index, index_mtime, filemode)?;
-    let mut status_paths: BTreeSet<Vec<u8>> = BTreeSet::new();
-    let stage_err = |rel: &Path| git_err(store.workspace.join(rel), "cannot stage in memory");
-    for &i in &scan.deleted {
-        let Some(t) = scan.tracked.get(i) else {
-            continue;
-        };
-        let rel = git_path(&t.path);
-        index.remove_path(rel).map_err(stage_err(rel))?;
-        status_paths.insert(t.path.clone());
-    }
-    for &i in &scan.suspects {
-        let Some(t) = scan.tracked.get(i) else {
-            continue;
-        };
-        let rel = git_path(&t.path);
-        match read_entry(repo, &store.workspace.join(rel), &t.path, filemode, t.mode)? {
-            Some(e) if e.id == t.id && e.mode == t.mode => continue,
-            Some(e) => index.add(&e),
-            None => index.remove_path(rel),
-        }
-        .map_err(stage_err(rel))?;
-        status_paths.insert(t.path.clone());
-    }
-    for path in scan.untracked {
-        let rel = git_path(&path);
-        if let Some(e) = read_entry(repo, &store.workspace.join(rel), &path, filemode, 0)? {
-            index.add(&e).map_err(stage_err(rel))?;
-            status_paths.insert(path);
-        }
-    }
-    let work_tree_id = index
-        .write_tree_to(repo)
-        .map_err(git_err(&gitdir, "cannot write the work tree"))?;
+    let (work_tree_id, status_paths) =
+        work_tree(repo, &store.workspace, index_tree_id, &scan, filemode)?;
 
     let find_tree = |id: Oid| {
         repo.find_tree(id)
@@ -188,6 +157,7 @@ pub(crate) fn capture(
         ),
         None => None,
     };
+    let mut status_paths = status_paths;
     // Staged changes count too, like `git status --porcelain`.
     {
         let d = repo
@@ -263,6 +233,11 @@ pub(crate) fn capture(
     let snapshot_ref = format!("{REF_PREFIX}{id}");
 
     fsutil::create_dir(&store.dir)?;
+    // libgit2 looks attributes up while printing the patch, which would
+    // read the index file a second time: let it use the copy in memory
+    // (never written back).
+    repo.set_index(&mut index)
+        .map_err(git_err(&index_path, "cannot use the index read"))?;
     let diff_path = store.file(&id, "diff");
     let diff_file = write_patch_file(repo, head_tree.as_ref(), &work_tree, &diff_path)?;
     if opts.bundle
@@ -377,6 +352,160 @@ pub(crate) fn write_patch(
     }
     printed.map_err(git_err(what, "cannot print the patch"))?;
     out.flush().map_err(io_err(what))
+}
+
+/// The whole working tree's tree: the index tree with what the scan found
+/// different applied (only the changed folders are rewritten), and the
+/// paths that differ from the index.
+fn work_tree(
+    repo: &Repository,
+    root: &Path,
+    index_tree: Oid,
+    scan: &crate::scan::Scan,
+    filemode: bool,
+) -> Result<(Oid, BTreeSet<Vec<u8>>)> {
+    let mut changes: Changes = BTreeMap::new();
+    for &i in &scan.deleted {
+        if let Some(t) = scan.tracked.get(i) {
+            changes.insert(t.path.clone(), None);
+        }
+    }
+    for &i in &scan.suspects {
+        let Some(t) = scan.tracked.get(i) else {
+            continue;
+        };
+        let abs = root.join(git_path(&t.path));
+        match read_entry(repo, &abs, &t.path, filemode, t.mode)? {
+            Some(e) if e.id == t.id && e.mode == t.mode => {}
+            Some(e) => {
+                changes.insert(t.path.clone(), Some((e.id, e.mode)));
+            }
+            None => {
+                changes.insert(t.path.clone(), None);
+            }
+        }
+    }
+    for path in &scan.untracked {
+        let abs = root.join(git_path(path));
+        if let Some(e) = read_entry(repo, &abs, path, filemode, 0)? {
+            changes.insert(path.clone(), Some((e.id, e.mode)));
+        }
+    }
+    let paths = changes.keys().cloned().collect();
+    if changes.is_empty() {
+        return Ok((index_tree, paths));
+    }
+    let base = repo
+        .find_tree(index_tree)
+        .map_err(git_err(repo.path(), "cannot read the index tree"))?;
+    let id = apply_changes(repo, Some(&base), &changes, b"")?.unwrap_or(empty_tree(repo)?);
+    Ok((id, paths))
+}
+
+/// Path → new (blob, mode), or `None` for removed.
+type Changes = BTreeMap<Vec<u8>, Option<(Oid, u32)>>;
+
+fn empty_tree(repo: &Repository) -> Result<Oid> {
+    repo.treebuilder(None)
+        .and_then(|b| b.write())
+        .map_err(git_err(repo.path(), "cannot write an empty tree"))
+}
+
+/// Writes `base` with `changes` (paths relative to it) applied; `None` when
+/// the result is empty (git stores no empty folders). A file replacing a
+/// folder drops what was below it; a folder replacing a file is built from
+/// nothing.
+fn apply_changes(
+    repo: &Repository,
+    base: Option<&Tree<'_>>,
+    changes: &Changes,
+    what: &[u8],
+) -> Result<Option<Oid>> {
+    let err = |w: &str| git_err(root_of(repo).join(git_path(what)), w.to_owned());
+    let mut builder = repo.treebuilder(base).map_err(err("cannot start a tree"))?;
+    // Group by first component: direct changes, and changes below a folder.
+    let mut direct: BTreeMap<&[u8], Option<(Oid, u32)>> = BTreeMap::new();
+    let mut nested: BTreeMap<&[u8], Changes> = BTreeMap::new();
+    for (path, change) in changes {
+        match path.iter().position(|b| *b == b'/') {
+            None => {
+                direct.insert(path.as_slice(), *change);
+            }
+            Some(i) => {
+                let (name, rest) = path.split_at(i);
+                nested
+                    .entry(name)
+                    .or_default()
+                    .insert(rest.get(1..).unwrap_or_default().to_vec(), *change);
+            }
+        }
+    }
+    for (name, sub) in &nested {
+        if matches!(direct.get(name), Some(Some(_))) {
+            continue; // a file now stands where the folder was
+        }
+        let existing = builder
+            .get(*name)
+            .map_err(err("cannot read a tree entry"))?
+            .filter(|e| e.kind() == Some(ObjectType::Tree))
+            .map(|e| e.id());
+        let sub_base = match existing {
+            Some(id) => Some(repo.find_tree(id).map_err(err("cannot read a tree"))?),
+            None => None,
+        };
+        let mut sub_what = what.to_vec();
+        if !sub_what.is_empty() {
+            sub_what.push(b'/');
+        }
+        sub_what.extend_from_slice(name);
+        match apply_changes(repo, sub_base.as_ref(), sub, &sub_what)? {
+            Some(id) => {
+                builder
+                    .insert(name.to_vec(), id, 0o040_000)
+                    .map_err(err("cannot add a folder to a tree"))?;
+            }
+            None => {
+                if builder
+                    .get(*name)
+                    .map_err(err("cannot read a tree entry"))?
+                    .is_some()
+                {
+                    builder
+                        .remove(name.to_vec())
+                        .map_err(err("cannot remove a tree entry"))?;
+                }
+            }
+        }
+    }
+    for (name, change) in direct {
+        if let Some((id, mode)) = change {
+            builder
+                .insert(name.to_vec(), id, i32::try_from(mode).unwrap_or(0o100_644))
+                .map_err(err("cannot add a file to a tree"))?;
+        } else if !nested.contains_key(name)
+            && builder
+                .get(name)
+                .map_err(err("cannot read a tree entry"))?
+                .is_some()
+        {
+            // (A removal with changes below it is a folder replacing the
+            // file, handled above.)
+            builder
+                .remove(name.to_vec())
+                .map_err(err("cannot remove a tree entry"))?;
+        }
+    }
+    if builder.is_empty() {
+        return Ok(None);
+    }
+    builder
+        .write()
+        .map(Some)
+        .map_err(err("cannot write a tree"))
+}
+
+fn root_of(repo: &Repository) -> &Path {
+    repo.workdir().unwrap_or_else(|| repo.path())
 }
 
 /// Reads one working file (or symlink) into a blob and an index entry.
