@@ -520,3 +520,202 @@ fn sigkill_of_the_server_mid_transfer_is_a_clear_error_and_rerun_completes() {
         std::fs::remove_file(to.join("big.bin")).unwrap();
     }
 }
+
+/// Which way a frame goes through [`Relay`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    ToServer,
+    ToClient,
+}
+
+/// A relay between this test's client engine and a real `wsync serve`
+/// process: every frame is decoded and shown to `hook` before it is
+/// forwarded unchanged, so a test can act at an exact point of the
+/// protocol (a real race, made deterministic).
+struct Relay {
+    conn: wsync_remote::conn::Conn,
+    _server: KillOnDrop,
+}
+
+impl Relay {
+    fn start(root: &Path, hook: impl Fn(Dir, &[u8]) + Send + Sync + Clone + 'static) -> Self {
+        use std::io::{Read, Write};
+        let mut server = std::process::Command::new(wsync_bin())
+            .args(["serve", "--root"])
+            .arg(root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (to_server, from_server) =
+            (server.stdin.take().unwrap(), server.stdout.take().unwrap());
+        let (c_read, r_write) = std::io::pipe().unwrap();
+        let (r_read, c_write) = std::io::pipe().unwrap();
+        fn pump(mut from: impl Read, mut to: impl Write, dir: Dir, hook: impl Fn(Dir, &[u8])) {
+            let mut preamble = [0u8; 10];
+            if from.read_exact(&mut preamble).is_err() || to.write_all(&preamble).is_err() {
+                return;
+            }
+            let _ = to.flush();
+            loop {
+                let mut head = [0u8; 4];
+                if from.read_exact(&mut head).is_err() {
+                    return;
+                }
+                let mut body = vec![0u8; u32::from_be_bytes(head) as usize];
+                if from.read_exact(&mut body).is_err() {
+                    return;
+                }
+                hook(dir, &body);
+                if to.write_all(&head).is_err()
+                    || to.write_all(&body).is_err()
+                    || to.flush().is_err()
+                {
+                    return;
+                }
+            }
+        }
+        let h = hook.clone();
+        std::thread::spawn(move || pump(r_read, to_server, Dir::ToServer, h));
+        std::thread::spawn(move || pump(from_server, r_write, Dir::ToClient, hook));
+        let conn = wsync_remote::conn::Conn::from_streams("relay", c_read, c_write).unwrap();
+        Self {
+            conn,
+            _server: KillOnDrop(server),
+        }
+    }
+}
+
+/// Changes bytes of a file in place and puts its mtime back: size and
+/// mtime, all a scan sees, stay the same, only the content differs.
+fn change_keeping_meta(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mtime = f.metadata().unwrap().modified().unwrap();
+    let mut b = [0u8; 64];
+    f.read_exact_at(&mut b, at).unwrap();
+    for x in &mut b {
+        *x ^= 0x5a;
+    }
+    f.write_all_at(&b, at).unwrap();
+    f.set_modified(mtime).unwrap();
+}
+
+/// The whole-file fallback: the receiver's copy changes (same size, same
+/// mtime) after its block signature was taken, so the delta rebuilds the
+/// wrong bytes; the BLAKE3 check catches it and the file is sent whole.
+/// Both directions: the server rebuilds (push) and the client does (pull).
+#[test]
+fn a_rebuilt_file_that_fails_its_hash_is_sent_whole() {
+    use std::sync::{Arc, Mutex};
+    use wsync_remote::wire::{self, Request, Response};
+    let mut x = 0x1234_5678_9abc_def1u64;
+    let base: Vec<u8> = (0..256 * 1024 / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    let mut edited = base.clone();
+    edited[..16].copy_from_slice(b"edited at start!");
+    for verb in ["push", "pull"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        // The sender has the edit; the receiver the old version.
+        let (sender, receiver) = if verb == "push" { (&a, &b) } else { (&b, &a) };
+        write(sender, "f.bin", &edited);
+        write(receiver, "f.bin", &base);
+        // An older copy (writes within one clock tick share an mtime).
+        std::fs::File::options()
+            .write(true)
+            .open(receiver.join("f.bin"))
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
+        // Frames seen: (direction, request or answer name, detail).
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (log2, target) = (Arc::clone(&log), receiver.join("f.bin"));
+        let hook = move |dir: Dir, body: &[u8]| {
+            let mut log = log2.lock().unwrap();
+            match dir {
+                Dir::ToServer => match wire::decode_body::<Request>(body).unwrap() {
+                    // pull: the client's own copy changes right after it
+                    // sent the signature, before the server sees it.
+                    Request::Delta { sig, .. } => {
+                        if !sig.blocks.is_empty() {
+                            change_keeping_meta(&target, 200_000);
+                        }
+                        log.push(format!("delta sig={}", sig.blocks.len()));
+                    }
+                    Request::PutBegin { block_size, .. } => {
+                        log.push(format!("put block_size={block_size}"));
+                    }
+                    _ => {}
+                },
+                Dir::ToClient => match wire::decode_body::<Response>(body).unwrap() {
+                    // push: the server's copy changes right after it
+                    // answered the signature, before the client sees it.
+                    Response::Sigs(_) => {
+                        change_keeping_meta(&target, 200_000);
+                        log.push("sigs".into());
+                    }
+                    Response::Err { kind, .. } => log.push(format!("err {kind:?}")),
+                    _ => {}
+                },
+            }
+        };
+        let relay = Relay::start(&b, hook);
+        let mut session = wsync_remote::Session::with_conn(&a, relay.conn, "relay");
+        let opts = wsync_remote::SyncOptions::default();
+        let report = if verb == "push" {
+            session.push(&opts).unwrap()
+        } else {
+            session.pull(&opts).unwrap()
+        };
+        session.close().unwrap();
+        let log = log.lock().unwrap().clone();
+        assert!(report.errors.is_empty(), "{verb}: {report:?}");
+        assert_eq!(report.files_sent + report.files_received, 1, "{verb}");
+        assert_eq!(
+            std::fs::read(receiver.join("f.bin")).unwrap(),
+            edited,
+            "{verb}: {log:?}"
+        );
+        // First a delta, then (after the mismatch) the whole file.
+        let expected: Vec<String> = if verb == "push" {
+            [
+                "sigs",
+                "put block_size=",
+                "err HashMismatch",
+                "put block_size=0",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect()
+        } else {
+            vec!["delta sig=".into(), "delta sig=0".into()]
+        };
+        assert_eq!(log.len(), expected.len(), "{verb}: {log:?}");
+        for (got, want) in log.iter().zip(&expected) {
+            assert!(got.starts_with(want.as_str()), "{verb}: {log:?}");
+        }
+        assert_ne!(
+            log[1], "put block_size=0",
+            "{verb}: the first put was a delta"
+        );
+        assert_ne!(
+            log[0], "delta sig=0",
+            "{verb}: the first request was a delta"
+        );
+        assert!(
+            report.literal_bytes >= edited.len() as u64,
+            "{verb}: the retry went whole: {report:?}"
+        );
+    }
+}

@@ -1211,65 +1211,11 @@ impl Session {
         opts: &SyncOptions,
         report: &mut Report,
     ) -> Result<FileResults, Error> {
-        enum Pending {
-            Sigs(usize),
-            Put(usize, bool),
-        }
-        let n = items.len();
-        let mut results: Vec<Option<Result<Synced, Error>>> = (0..n).map(|_| None).collect();
-        let mut sent_meta: Vec<Option<(Meta, Hash)>> = vec![None; n];
-        let mut local_err: Vec<Option<Error>> = (0..n).map(|_| None).collect();
-        let mut sigs: HashMap<usize, Signature> = HashMap::new();
-        let mut pending: VecDeque<Pending> = VecDeque::new();
-        let mut retry: Vec<usize> = Vec::new();
-
-        let handle = |this: &Self,
-                      pending: &mut VecDeque<Pending>,
-                      sigs: &mut HashMap<usize, Signature>,
-                      results: &mut Vec<Option<Result<Synced, Error>>>,
-                      sent_meta: &mut Vec<Option<(Meta, Hash)>>,
-                      local_err: &mut Vec<Option<Error>>,
-                      retry: &mut Vec<usize>|
-         -> Result<(), Error> {
-            let Some(p) = pending.pop_front() else {
-                return Ok(());
-            };
-            let resp = this.conn.recv()?;
-            match (p, resp) {
-                (Pending::Sigs(i), Response::Sigs(s)) => {
-                    sigs.insert(i, s);
-                }
-                (Pending::Sigs(_), Response::Err { .. }) => {}
-                (Pending::Put(i, _), Response::Done(Some(m))) => {
-                    if let Some((l, h)) = sent_meta[i].take() {
-                        results[i] = Some(Ok((l, m, h)));
-                    }
-                }
-                (Pending::Put(i, first), r @ Response::Err { .. }) => {
-                    if let Some(e) = local_err[i].take() {
-                        results[i] = Some(Err(e));
-                    } else if first
-                        && matches!(
-                            r,
-                            Response::Err {
-                                kind: ErrorKind::HashMismatch,
-                                ..
-                            }
-                        )
-                    {
-                        retry.push(i);
-                    } else {
-                        results[i] = Some(Err(this.conn.peer_error(r)));
-                    }
-                }
-                (_, other) => return Err(this.unexpected(&other, "file transfer")),
-            }
-            Ok(())
-        };
+        let mut q = SendQueue::new(items.len());
 
         // Files the receiver has a copy of go as deltas, a window at a
         // time (signatures first); all others stream whole, back to back.
-        let (delta, whole): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| {
+        let (delta, whole): (Vec<usize>, Vec<usize>) = (0..items.len()).partition(|&i| {
             let it = &items[i];
             it.src.size >= DELTA_MIN
                 && it
@@ -1287,29 +1233,22 @@ impl Session {
                     self.conn.send(&Request::Sigs {
                         path: items[i].path.clone(),
                     })?;
-                    pending.push_back(Pending::Sigs(i));
+                    q.pending.push_back(Pending::Sigs(i));
                 }
             }
-            while pending.iter().any(|p| matches!(p, Pending::Sigs(_))) {
-                handle(
-                    self,
-                    &mut pending,
-                    &mut sigs,
-                    &mut results,
-                    &mut sent_meta,
-                    &mut local_err,
-                    &mut retry,
-                )?;
+            while q.pending.iter().any(|p| matches!(p, Pending::Sigs(_))) {
+                q.handle(self)?;
             }
             for &i in chunk {
+                let sig = q.sigs.remove(&i);
                 self.stream_put(
                     &items[i],
-                    sigs.remove(&i),
-                    &mut sent_meta[i],
-                    &mut local_err[i],
+                    sig,
+                    &mut q.sent_meta[i],
+                    &mut q.local_err[i],
                     report,
                 )?;
-                pending.push_back(Pending::Put(i, true));
+                q.pending.push_back(Pending::Put(i, true));
                 if let Some(p) = &opts.progress {
                     p(&ProgressEvent::FileDone {
                         bytes: items[i].src.size,
@@ -1317,43 +1256,21 @@ impl Session {
                 }
             }
         }
-        self.conn.send(&Request::Commit)?;
-        while !pending.is_empty() {
-            handle(
-                self,
-                &mut pending,
-                &mut sigs,
-                &mut results,
-                &mut sent_meta,
-                &mut local_err,
-                &mut retry,
-            )?;
-        }
-        // A delta whose rebuilt file did not match: send those whole.
-        let again = std::mem::take(&mut retry);
-        for &i in &again {
+        q.commit(self)?;
+        // A delta whose rebuilt file did not match (the receiver's copy
+        // changed after its signature was taken): send those whole.
+        for i in std::mem::take(&mut q.retry) {
             self.stream_put(
                 &items[i],
                 None,
-                &mut sent_meta[i],
-                &mut local_err[i],
+                &mut q.sent_meta[i],
+                &mut q.local_err[i],
                 report,
             )?;
-            pending.push_back(Pending::Put(i, false));
+            q.pending.push_back(Pending::Put(i, false));
         }
-        self.conn.send(&Request::Commit)?;
-        while !pending.is_empty() {
-            handle(
-                self,
-                &mut pending,
-                &mut sigs,
-                &mut results,
-                &mut sent_meta,
-                &mut local_err,
-                &mut retry,
-            )?;
-        }
-        Ok(finish_results(results, items))
+        q.commit(self)?;
+        Ok(finish_results(q.results, items))
     }
 
     fn stream_put(
@@ -1558,6 +1475,83 @@ impl Session {
                 other => return Err(self.unexpected(&other, "file transfer")),
             }
         }
+    }
+}
+
+/// An answer `send_files` waits for.
+enum Pending {
+    /// The signature of item `i`.
+    Sigs(usize),
+    /// The put of item `i` (`true`: first try, a delta may be retried whole).
+    Put(usize, bool),
+}
+
+/// What `send_files` keeps per item while answers arrive in order.
+struct SendQueue {
+    pending: VecDeque<Pending>,
+    sigs: HashMap<usize, Signature>,
+    results: Vec<Option<Result<Synced, Error>>>,
+    sent_meta: Vec<Option<(Meta, Hash)>>,
+    local_err: Vec<Option<Error>>,
+    retry: Vec<usize>,
+}
+
+impl SendQueue {
+    fn new(n: usize) -> Self {
+        Self {
+            pending: VecDeque::new(),
+            sigs: HashMap::new(),
+            results: (0..n).map(|_| None).collect(),
+            sent_meta: vec![None; n],
+            local_err: (0..n).map(|_| None).collect(),
+            retry: Vec::new(),
+        }
+    }
+
+    /// Takes the next answer and files it under its item.
+    fn handle(&mut self, s: &Session) -> Result<(), Error> {
+        let Some(p) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        match (p, s.conn.recv()?) {
+            (Pending::Sigs(i), Response::Sigs(sig)) => {
+                self.sigs.insert(i, sig);
+            }
+            (Pending::Sigs(_), Response::Err { .. }) => {}
+            (Pending::Put(i, _), Response::Done(Some(m))) => {
+                if let Some((l, h)) = self.sent_meta[i].take() {
+                    self.results[i] = Some(Ok((l, m, h)));
+                }
+            }
+            (Pending::Put(i, first), r @ Response::Err { .. }) => {
+                if let Some(e) = self.local_err[i].take() {
+                    self.results[i] = Some(Err(e));
+                } else if first
+                    && matches!(
+                        r,
+                        Response::Err {
+                            kind: ErrorKind::HashMismatch,
+                            ..
+                        }
+                    )
+                {
+                    self.retry.push(i);
+                } else {
+                    self.results[i] = Some(Err(s.conn.peer_error(r)));
+                }
+            }
+            (_, other) => return Err(s.unexpected(&other, "file transfer")),
+        }
+        Ok(())
+    }
+
+    /// Asks the peer to make every pending put durable and takes all answers.
+    fn commit(&mut self, s: &Session) -> Result<(), Error> {
+        s.conn.send(&Request::Commit)?;
+        while !self.pending.is_empty() {
+            self.handle(s)?;
+        }
+        Ok(())
     }
 }
 
