@@ -719,3 +719,90 @@ fn a_rebuilt_file_that_fails_its_hash_is_sent_whole() {
         );
     }
 }
+
+/// An overflow of the local watcher (the kernel dropped events and says so
+/// with a `Rescan`-flagged event, as notify's inotify backend reports
+/// IN_Q_OVERFLOW) makes the next round a full rescan, and a change whose
+/// own events were lost still propagates. The test feeds the watch's event
+/// channel itself: no event at all for the change (it was lost), then the
+/// real overflow event.
+#[test]
+fn watch_rescans_everything_after_an_overflow() {
+    use std::ops::ControlFlow;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, mpsc};
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    write(&a, "start.txt", b"s");
+    std::fs::create_dir_all(&b).unwrap();
+    let (events, rx) = mpsc::channel();
+    let rounds = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (rounds2, stop2, a2, b2) = (Arc::clone(&rounds), Arc::clone(&stop), a.clone(), b.clone());
+    let watcher = std::thread::spawn(move || {
+        let copts = wsync_remote::ConnectOptions {
+            local_wsync: Some(wsync_bin()),
+            ..Default::default()
+        };
+        let opts = wsync_remote::WatchOptions {
+            // No periodic rescan during the test: only the overflow.
+            rescan_every: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        wsync_remote::watch_events(
+            &a2,
+            &wsync_remote::PeerSpec::Local(b2),
+            &copts,
+            &opts,
+            rx,
+            &mut |ev| {
+                if let wsync_remote::WatchEvent::Synced(r) = ev {
+                    assert!(r.errors.is_empty(), "{r:?}");
+                    rounds2.fetch_add(1, Ordering::SeqCst);
+                }
+                if stop2.load(Ordering::SeqCst) {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )
+    });
+    assert!(wait_until(Duration::from_secs(20), || b
+        .join("start.txt")
+        .exists()));
+    // The change's events are lost: nothing picks it up.
+    write(&a, "sub/lost.txt", b"lost event");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!b.join("sub/lost.txt").exists(), "synced without an event?");
+    let before = rounds.load(Ordering::SeqCst);
+    // The overflow notice.
+    events
+        .send(Ok(
+            notify::Event::new(notify::EventKind::Other).set_flag(notify::event::Flag::Rescan)
+        ))
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || std::fs::read(
+            b.join("sub/lost.txt")
+        )
+        .is_ok_and(|c| c == b"lost event")),
+        "the rescan did not propagate the change"
+    );
+    assert!(rounds.load(Ordering::SeqCst) > before);
+    // A watcher error is treated the same way.
+    write(&a, "lost-too.txt", b"again");
+    events
+        .send(Err(notify::Error::generic("watch failed")))
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(20), || b
+        .join("lost-too.txt")
+        .exists()));
+    stop.store(true, Ordering::SeqCst);
+    events
+        .send(Ok(
+            notify::Event::new(notify::EventKind::Other).set_flag(notify::event::Flag::Rescan)
+        ))
+        .unwrap();
+    watcher.join().unwrap().unwrap();
+}

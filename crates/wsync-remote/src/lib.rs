@@ -41,7 +41,7 @@ pub use conn::{ConnectOptions, PeerSpec};
 pub use engine::{
     ConflictCopy, PlanItem, Progress, ProgressEvent, Report, Session, SyncOptions, list_conflicts,
 };
-pub use watch::{WatchEvent, WatchOptions, watch};
+pub use watch::{WatchEvent, WatchOptions, watch, watch_events};
 
 /// Renders path bytes for messages (lossy UTF-8).
 #[must_use]

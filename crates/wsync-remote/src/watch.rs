@@ -82,6 +82,21 @@ fn relevant(root: &Path, p: &Path) -> Option<Vec<u8>> {
     (!name.starts_with(TMP_PREFIX.as_bytes())).then(|| bytes.to_vec())
 }
 
+/// What a local change event asks for (None: nothing).
+fn local_wake(root: &Path, ev: notify::Result<notify::Event>) -> Option<Wake> {
+    match ev {
+        Ok(ev) if ev.need_rescan() => Some(Wake::Local(None)),
+        // Opens and reads (our own scans and hashing among them) change
+        // nothing.
+        Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => None,
+        Ok(ev) => {
+            let paths: Vec<Vec<u8>> = ev.paths.iter().filter_map(|p| relevant(root, p)).collect();
+            (!paths.is_empty()).then_some(Wake::Local(Some(paths)))
+        }
+        Err(_) => Some(Wake::Local(None)),
+    }
+}
+
 /// Reports a lost connection, then waits `backoff` (doubling it).
 fn pause(
     error: &Error,
@@ -109,33 +124,14 @@ pub fn watch(
     on_event: &mut dyn FnMut(WatchEvent<'_>) -> ControlFlow<()>,
 ) -> Result<(), Error> {
     use notify::Watcher as _;
-    let (tx, rx) = mpsc::channel::<Wake>();
-    let ltx = tx.clone();
     std::fs::create_dir_all(local).map_err(|source| Error::Io {
         path: local.to_path_buf(),
         source,
     })?;
     let root = std::fs::canonicalize(local).unwrap_or_else(|_| local.to_path_buf());
-    let root2 = root.clone();
-    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        let wake = match ev {
-            Ok(ev) if ev.need_rescan() => Some(Wake::Local(None)),
-            // Opens and reads (our own scans and hashing among them)
-            // change nothing.
-            Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => None,
-            Ok(ev) => {
-                let paths: Vec<Vec<u8>> = ev
-                    .paths
-                    .iter()
-                    .filter_map(|p| relevant(&root2, p))
-                    .collect();
-                (!paths.is_empty()).then_some(Wake::Local(Some(paths)))
-            }
-            Err(_) => Some(Wake::Local(None)),
-        };
-        if let Some(w) = wake {
-            let _ = ltx.send(w);
-        }
+    let (etx, erx) = mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |ev| {
+        let _ = etx.send(ev);
     })
     .map_err(|source| Error::Watch {
         path: local.to_path_buf(),
@@ -147,6 +143,40 @@ pub fn watch(
             path: local.to_path_buf(),
             source,
         })?;
+    let r = watch_events(local, peer, copts, opts, erx, on_event);
+    drop(watcher);
+    r
+}
+
+/// [`watch`] with the local tree's change events taken from `events`
+/// (what a `notify` watcher of `local` reports) instead of a watcher of
+/// its own: an event with the `Rescan` flag (the kernel's event queue
+/// overflowed and events were lost) or an error makes the next round a
+/// full rescan; other events make a round limited to their paths.
+pub fn watch_events(
+    local: &Path,
+    peer: &PeerSpec,
+    copts: &ConnectOptions,
+    opts: &WatchOptions,
+    events: mpsc::Receiver<notify::Result<notify::Event>>,
+    on_event: &mut dyn FnMut(WatchEvent<'_>) -> ControlFlow<()>,
+) -> Result<(), Error> {
+    let (tx, rx) = mpsc::channel::<Wake>();
+    let ltx = tx.clone();
+    std::fs::create_dir_all(local).map_err(|source| Error::Io {
+        path: local.to_path_buf(),
+        source,
+    })?;
+    let root = std::fs::canonicalize(local).unwrap_or_else(|_| local.to_path_buf());
+    std::thread::spawn(move || {
+        for ev in events {
+            if let Some(w) = local_wake(&root, ev)
+                && ltx.send(w).is_err()
+            {
+                break;
+            }
+        }
+    });
 
     let mut backoff = opts.min_backoff;
     loop {
