@@ -109,18 +109,71 @@ fn signature(repo: &Repository) -> Result<Signature<'static>> {
         .map_err(git_err(repo.path(), "cannot make a signature"))
 }
 
+/// What a scan of the working tree against the index is given.
+pub(crate) struct ScanInput<'a> {
+    pub repo: &'a Repository,
+    pub root: &'a Path,
+    /// The index, conflicts resolved in memory.
+    pub index: &'a Index,
+    /// The index file's modification time, for racy-clean detection.
+    pub index_mtime: Option<(i64, i64)>,
+    /// `core.filemode`.
+    pub filemode: bool,
+}
+
+/// What a capture found, beside the snapshot.
+pub(crate) struct Outcome {
+    /// The scan it used.
+    pub scan: crate::scan::Scan,
+    /// Paths whose working version differs from the index.
+    pub changed: BTreeSet<Vec<u8>>,
+    /// Whether the index had conflicts (resolved in memory, so the index
+    /// given to [`capture_from`] no longer matches the file).
+    pub conflicted: bool,
+}
+
+/// The index file's modification time (`None` when there is none).
+pub(crate) fn index_mtime(index_path: &Path) -> Result<Option<(i64, i64)>> {
+    match std::fs::metadata(index_path) {
+        Ok(m) => Ok(Some((m.mtime(), m.mtime_nsec()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::Io {
+            path: index_path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 pub(crate) fn capture(
     store: &SnapshotStore,
     repo: &Repository,
     opts: &CaptureOptions,
 ) -> Result<Snapshot> {
+    let index_path = repo.path().join("index");
+    let mut index =
+        Index::open(&index_path).map_err(git_err(&index_path, "cannot read the index"))?;
+    let mtime = index_mtime(&index_path)?;
+    let (snapshot, _) = capture_from(store, repo, &mut index, mtime, opts, &mut |i| {
+        crate::scan::scan(i.repo, i.root, i.index, i.index_mtime, i.filemode)
+    })?;
+    Ok(snapshot)
+}
+
+/// Captures with `index` (the index file as read) and the given scan.
+pub(crate) fn capture_from(
+    store: &SnapshotStore,
+    repo: &Repository,
+    index: &mut Index,
+    index_mtime: Option<(i64, i64)>,
+    opts: &CaptureOptions,
+    scan: &mut dyn FnMut(&ScanInput<'_>) -> Result<crate::scan::Scan>,
+) -> Result<(Snapshot, Outcome)> {
     let now = Utc::now();
     let gitdir = repo.path().to_path_buf();
     let (head, head_ref) = head_of(repo)?;
     let index_path = gitdir.join("index");
-    let mut index =
-        Index::open(&index_path).map_err(git_err(&index_path, "cannot read the index"))?;
-    let conflicted = resolve_conflicts(&mut index, &index_path)?;
+    let conflicted = resolve_conflicts(index, &index_path)?;
+    let had_conflicts = !conflicted.is_empty();
     let index_tree_id = index
         .write_tree_to(repo)
         .map_err(git_err(&index_path, "cannot write the index tree"))?;
@@ -130,19 +183,16 @@ pub(crate) fn capture(
         .unwrap_or(true);
 
     // What differs between the index and the working tree.
-    let index_mtime = match std::fs::metadata(&index_path) {
-        Ok(m) => Some((m.mtime(), m.mtime_nsec())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => {
-            return Err(Error::Io {
-                path: index_path,
-                source,
-            });
-        }
-    };
-    let scan = crate::scan::scan(repo, &store.workspace, &index, index_mtime, filemode)?;
-    let (work_tree_id, status_paths) =
+    let scan = scan(&ScanInput {
+        repo,
+        root: &store.workspace,
+        index,
+        index_mtime,
+        filemode,
+    })?;
+    let (work_tree_id, changed) =
         work_tree(repo, &store.workspace, index_tree_id, &scan, filemode)?;
+    let mut status_paths = changed.clone();
 
     let find_tree = |id: Oid| {
         repo.find_tree(id)
@@ -157,7 +207,6 @@ pub(crate) fn capture(
         ),
         None => None,
     };
-    let mut status_paths = status_paths;
     // Staged changes count too, like `git status --porcelain`.
     {
         let d = repo
@@ -236,7 +285,7 @@ pub(crate) fn capture(
     // libgit2 looks attributes up while printing the patch, which would
     // read the index file a second time: let it use the copy in memory
     // (never written back).
-    repo.set_index(&mut index)
+    repo.set_index(index)
         .map_err(git_err(&index_path, "cannot use the index read"))?;
     let diff_path = store.file(&id, "diff");
     let diff_file = write_patch_file(repo, head_tree.as_ref(), &work_tree, &diff_path)?;
@@ -284,11 +333,18 @@ pub(crate) fn capture(
     // listed snapshot always has its diff.
     fsutil::commit_all(vec![diff_file, meta_file])?;
     fsutil::sync_dir(&store.dir)?;
-    Ok(Snapshot {
-        id,
-        commit: commit_id.to_string(),
-        meta,
-    })
+    Ok((
+        Snapshot {
+            id,
+            commit: commit_id.to_string(),
+            meta,
+        },
+        Outcome {
+            scan,
+            changed,
+            conflicted: had_conflicts,
+        },
+    ))
 }
 
 /// Writes the unified patch `old → new` into a temp file beside `path`

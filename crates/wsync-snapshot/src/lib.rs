@@ -64,6 +64,7 @@
 
 mod capture;
 mod fsutil;
+mod live;
 mod manage;
 mod restore;
 mod scan;
@@ -74,6 +75,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use live::{LiveOptions, LiveScan, LiveStats};
 pub use manage::{CleanupReport, SnapshotInfo, VerifyReport};
 pub use restore::RestoreReport;
 

@@ -9,7 +9,7 @@
 //! candidates; ignore rules are applied to them (and untracked folders are
 //! descended only when not ignored) on the calling thread, through libgit2.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::MetadataExt as _;
@@ -51,6 +51,39 @@ pub(crate) struct Scan {
     pub tracked: Vec<Tracked>,
 }
 
+/// The stage-0 entries of `index`, in index (path) order.
+pub(crate) fn tracked_of(index: &Index) -> Vec<Tracked> {
+    index
+        .iter()
+        .filter(|e| (e.flags >> 12) & 0x3 == 0)
+        .map(|e| Tracked {
+            mode: e.mode,
+            id: e.id,
+            mtime: (e.mtime.seconds(), e.mtime.nanoseconds()),
+            ctime: (e.ctime.seconds(), e.ctime.nanoseconds()),
+            size: e.file_size,
+            ino: e.ino,
+            skip_worktree: e.flags_extended & SKIP_WORKTREE != 0,
+            path: e.path,
+        })
+        .collect()
+}
+
+impl Tracked {
+    /// Same path, object, mode, stat data and flags: a scan that trusted
+    /// one may trust the other.
+    pub(crate) fn same_as(&self, other: &Self) -> bool {
+        self.path == other.path
+            && self.mode == other.mode
+            && self.id == other.id
+            && self.mtime == other.mtime
+            && self.ctime == other.ctime
+            && self.size == other.size
+            && self.ino == other.ino
+            && self.skip_worktree == other.skip_worktree
+    }
+}
+
 /// A tracked folder's direct entries (indexes into the tracked list) and
 /// the names of its tracked subfolders.
 type Folder<'a> = (Vec<usize>, HashSet<&'a [u8]>);
@@ -74,20 +107,7 @@ pub(crate) fn scan(
     index_mtime: Option<(i64, i64)>,
     filemode: bool,
 ) -> Result<Scan> {
-    let tracked: Vec<Tracked> = index
-        .iter()
-        .filter(|e| (e.flags >> 12) & 0x3 == 0)
-        .map(|e| Tracked {
-            mode: e.mode,
-            id: e.id,
-            mtime: (e.mtime.seconds(), e.mtime.nanoseconds()),
-            ctime: (e.ctime.seconds(), e.ctime.nanoseconds()),
-            size: e.file_size,
-            ino: e.ino,
-            skip_worktree: e.flags_extended & SKIP_WORKTREE != 0,
-            path: e.path,
-        })
-        .collect();
+    let tracked = tracked_of(index);
 
     // Folder → the tracked entries directly in it, and names of tracked
     // subfolders. Every ancestor of a tracked path is a tracked folder.
@@ -402,4 +422,272 @@ fn untracked(
         untracked(repo, root, child, child_is_dir, out)?;
     }
     Ok(())
+}
+
+/// Scans only `candidates` (relative paths of files or folders, whatever
+/// they are now) and the racily clean entries: the caller vouches that
+/// nothing else changed since a scan whose results it kept (a file-system
+/// watcher saw no event there). Folders among the candidates are walked
+/// whole; the real folders met are returned too (to be watched).
+pub(crate) fn scan_candidates(
+    repo: &Repository,
+    root: &Path,
+    tracked: Vec<Tracked>,
+    index_mtime: Option<(i64, i64)>,
+    filemode: bool,
+    candidates: &BTreeSet<Vec<u8>>,
+    on_dir: &mut dyn FnMut(&Path),
+) -> Result<Scan> {
+    let ctx = Ctx {
+        root,
+        tracked: &tracked,
+        racy_limit: index_mtime,
+        filemode,
+    };
+    let mut part = Partial {
+        ctx: &ctx,
+        repo,
+        suspects: BTreeSet::new(),
+        deleted: BTreeSet::new(),
+        untracked: BTreeSet::new(),
+        real_dirs: HashMap::new(),
+        on_dir,
+    };
+    for (i, t) in tracked.iter().enumerate() {
+        if !t.skip_worktree && t.mode != 0o160_000 && is_racy(&ctx, t) {
+            part.check(i)?;
+        }
+    }
+    for cand in candidates {
+        if cand.is_empty() || cand == b".git" || cand.starts_with(b".git/") {
+            continue;
+        }
+        for i in part.tracked_at(cand) {
+            part.check(i)?;
+        }
+        if !part.parents_real(cand)? {
+            continue;
+        }
+        let abs = root.join(git_path(cand));
+        let meta = match std::fs::symlink_metadata(&abs) {
+            Ok(m) => m,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                continue;
+            }
+            Err(source) => return Err(Error::Io { path: abs, source }),
+        };
+        if meta.is_dir() {
+            part.walk(cand)?;
+        } else if !part.is_tracked(cand) && !part.ignored(cand, false)? {
+            part.untracked.insert(cand.clone());
+        }
+    }
+    let Partial {
+        suspects,
+        deleted,
+        untracked,
+        ..
+    } = part;
+    let scan = Scan {
+        suspects: suspects.into_iter().collect(),
+        deleted: deleted.into_iter().collect(),
+        untracked: untracked.into_iter().collect(),
+        tracked: Vec::new(),
+    };
+    Ok(Scan { tracked, ..scan })
+}
+
+/// Whether `tracked` (in path order) has an entry below folder `dir`.
+pub(crate) fn has_tracked_below(tracked: &[Tracked], dir: &[u8]) -> bool {
+    let mut prefix = dir.to_vec();
+    prefix.push(b'/');
+    let i = tracked.partition_point(|e| e.path < prefix);
+    tracked.get(i).is_some_and(|e| e.path.starts_with(&prefix))
+}
+
+/// Racily clean: changed in the same instant the index was written, so a
+/// later same-size edit could hide behind identical stat data.
+fn is_racy(ctx: &Ctx<'_>, t: &Tracked) -> bool {
+    match ctx.racy_limit {
+        Some((s, ns)) => (i64::from(t.mtime.0), i64::from(t.mtime.1)) >= (s, ns),
+        None => false,
+    }
+}
+
+/// The state of a candidate-only scan.
+struct Partial<'a, 'b> {
+    ctx: &'a Ctx<'a>,
+    repo: &'a Repository,
+    suspects: BTreeSet<usize>,
+    deleted: BTreeSet<usize>,
+    untracked: BTreeSet<Vec<u8>>,
+    /// Relative folder → whether it is a real folder (not a link, present).
+    real_dirs: HashMap<Vec<u8>, bool>,
+    /// Called with each folder's absolute path before it is listed.
+    on_dir: &'b mut dyn FnMut(&Path),
+}
+
+impl Partial<'_, '_> {
+    /// Indexes of the tracked entries at `path` or below it.
+    fn tracked_at(&self, path: &[u8]) -> Vec<usize> {
+        let t = self.ctx.tracked;
+        let mut out = Vec::new();
+        let exact = t.partition_point(|e| e.path.as_slice() < path);
+        if t.get(exact).is_some_and(|e| e.path == path) {
+            out.push(exact);
+        }
+        let mut prefix = path.to_vec();
+        prefix.push(b'/');
+        let from = t.partition_point(|e| e.path < prefix);
+        for (i, e) in t.iter().enumerate().skip(from) {
+            if !e.path.starts_with(&prefix) {
+                break;
+            }
+            out.push(i);
+        }
+        out
+    }
+
+    fn is_tracked(&self, path: &[u8]) -> bool {
+        let t = self.ctx.tracked;
+        let i = t.partition_point(|e| e.path.as_slice() < path);
+        t.get(i).is_some_and(|e| e.path == path)
+    }
+
+    fn has_tracked_below(&self, dir: &[u8]) -> bool {
+        has_tracked_below(self.ctx.tracked, dir)
+    }
+
+    /// Whether every folder above `path` is a real folder.
+    fn parents_real(&mut self, path: &[u8]) -> Result<bool> {
+        let (dir, _) = split(path);
+        if dir.is_empty() {
+            return Ok(true);
+        }
+        if let Some(&known) = self.real_dirs.get(dir) {
+            return Ok(known);
+        }
+        let real = self.parents_real(dir)?
+            && match std::fs::symlink_metadata(self.ctx.root.join(git_path(dir))) {
+                Ok(m) => m.is_dir(),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                    ) =>
+                {
+                    false
+                }
+                Err(source) => {
+                    return Err(Error::Io {
+                        path: self.ctx.root.join(git_path(dir)),
+                        source,
+                    });
+                }
+            };
+        self.real_dirs.insert(dir.to_vec(), real);
+        Ok(real)
+    }
+
+    /// Compares tracked entry `i` with its working file by stat data.
+    fn check(&mut self, i: usize) -> Result<()> {
+        let Some(t) = self.ctx.tracked.get(i) else {
+            return Ok(());
+        };
+        if t.mode == 0o160_000 || t.skip_worktree {
+            return Ok(());
+        }
+        if !self.parents_real(&t.path)? {
+            self.deleted.insert(i);
+            return Ok(());
+        }
+        let abs = self.ctx.root.join(git_path(&t.path));
+        match std::fs::symlink_metadata(&abs) {
+            Ok(m) => {
+                if m.is_dir() || !stat_matches(self.ctx, t, &m) {
+                    self.suspects.insert(i);
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                self.deleted.insert(i);
+            }
+            Err(source) => return Err(Error::Io { path: abs, source }),
+        }
+        Ok(())
+    }
+
+    fn ignored(&self, rel: &[u8], dir: bool) -> Result<bool> {
+        let mut p = rel.to_vec();
+        if dir {
+            p.push(b'/');
+        }
+        self.repo
+            .is_path_ignored(Path::new(OsStr::from_bytes(&p)))
+            .map_err(git_err(
+                self.ctx.root.join(git_path(rel)),
+                "cannot evaluate ignore rules",
+            ))
+    }
+
+    /// Walks the real folder `rel` as a full scan would: untracked, not
+    /// ignored files are collected (tracked ones are checked through
+    /// [`Self::tracked_at`]); ignored folders and nested repositories
+    /// without tracked entries are not entered.
+    fn walk(&mut self, rel: &[u8]) -> Result<()> {
+        let tracked_below = self.has_tracked_below(rel);
+        let abs = self.ctx.root.join(git_path(rel));
+        if !tracked_below
+            && (self.ignored(rel, true)? || abs.join(".git").symlink_metadata().is_ok())
+        {
+            return Ok(());
+        }
+        (self.on_dir)(&abs);
+        let listing = match std::fs::read_dir(&abs) {
+            Ok(l) => l,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(());
+            }
+            Err(source) => return Err(Error::Io { path: abs, source }),
+        };
+        let mut children = Vec::new();
+        for entry in listing {
+            let entry = entry.map_err(|source| Error::Io {
+                path: abs.clone(),
+                source,
+            })?;
+            let name = entry.file_name();
+            if name.as_bytes() == b".git" {
+                continue;
+            }
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            children.push((join(rel, name.as_bytes()), is_dir));
+        }
+        for (child, is_dir) in children {
+            if is_dir {
+                self.walk(&child)?;
+            } else if !self.is_tracked(&child) && !self.ignored(&child, false)? {
+                self.untracked.insert(child);
+            } else if self.is_tracked(&child) {
+                let t = self.ctx.tracked;
+                let i = t.partition_point(|e| e.path < child);
+                self.check(i)?;
+            }
+        }
+        Ok(())
+    }
 }
