@@ -207,8 +207,9 @@ pub(crate) fn capture_from(
         ),
         None => None,
     };
-    // Staged changes count too, like `git status --porcelain`.
-    {
+    // Staged changes count too, like `git status --porcelain` (nothing is
+    // staged when the index's tree is HEAD's).
+    if head_tree.as_ref().map(Tree::id) != Some(index_tree_id) {
         let d = repo
             .diff_tree_to_tree(head_tree.as_ref(), Some(&index_tree), None)
             .map_err(git_err(&gitdir, "cannot compare HEAD with the index"))?;

@@ -93,8 +93,79 @@ fn modify(work: &Path, files: usize, round: usize) -> Result<()> {
         text.push_str(&format!("edited in round {round}\n"));
         std::fs::write(&path, text)?;
     }
+    // Exactly one untracked file, as the scenario says: the previous
+    // round's goes.
+    if round > 0 {
+        let _ = std::fs::remove_file(work.join(format!("untracked-{}.txt", round - 1)));
+    }
     std::fs::write(work.join(format!("untracked-{round}.txt")), "a new file\n")?;
     Ok(())
+}
+
+/// The release-built `live_capture` example: captures through a
+/// `LiveScan` in one long-lived process, one per input line.
+struct LiveCapture {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl LiveCapture {
+    fn start(ctx: &BenchCtx, work: &Path, state: &Path) -> Result<Self> {
+        let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(&ctx.root)
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "-p",
+                "wsync-snapshot",
+                "--example",
+                "live_capture",
+            ])
+            .status()
+            .context("cannot run cargo build")?;
+        if !status.success() {
+            bail!("building the live_capture example failed: {status}");
+        }
+        let mut child = Command::new(ctx.root.join("target/release/examples/live_capture"))
+            .arg(work)
+            .arg(state)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("cannot start live_capture")?;
+        let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
+            bail!("live_capture has no pipes");
+        };
+        Ok(Self {
+            child,
+            input,
+            output: std::io::BufReader::new(output),
+        })
+    }
+
+    /// One capture: (time inside the process, whether it was incremental).
+    fn capture(&mut self) -> Result<(Duration, bool)> {
+        use std::io::{BufRead as _, Write as _};
+        self.input.write_all(b"go\n")?;
+        self.input.flush()?;
+        let mut line = String::new();
+        self.output.read_line(&mut line)?;
+        let mut parts = line.split_whitespace();
+        let (Some(us), Some(scan)) = (parts.next(), parts.next()) else {
+            bail!("live_capture failed (answered {line:?})");
+        };
+        let us: u64 = us.parse().with_context(|| format!("bad answer {line:?}"))?;
+        Ok((Duration::from_micros(us), scan == "incremental"))
+    }
+}
+
+impl Drop for LiveCapture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Runs the snapshot benchmarks.
@@ -133,11 +204,25 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
         }
         Ok(out.stdout)
     };
-    let (mut lib, mut cli, mut bundle, mut addall) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut lib, mut cli, mut bundle, mut addall, mut live_t) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut wsync_disk, mut bundle_disk, mut addall_disk) = (0u64, 0u64, 0u64);
+    let mut live = LiveCapture::start(ctx, &work, &state)?;
+    let mut live_incremental = 0usize;
     for round in 0..=runs {
         let keep = round > 0;
+        if round > 0 {
+            // A fresh round of edits (10 modified files, 1 untracked).
+            modify(&work, files, round)?;
+            std::thread::sleep(Duration::from_millis(60));
+        }
+        // wsync, a long-lived process watching the tree (the daemon's
+        // way): the first capture scans everything.
+        let (e, incremental) = live.capture()?;
+        if keep {
+            live_t.push(e);
+            live_incremental += usize::from(incremental);
+        }
         // wsync, in-process.
         let before = du(&objects) + du(&state);
         let t = Instant::now();
@@ -173,7 +258,19 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
         let t = Instant::now();
         let base = old.join(format!("sync_{round}"));
         let b = format!("{}.bundle", base.display());
-        git(&work, &["bundle", "create", "-q", &b, "--all"])?;
+        // `--all` as the old system ran it, minus wsync's own snapshot
+        // refs (the old system's repository had none).
+        git(
+            &work,
+            &[
+                "bundle",
+                "create",
+                "-q",
+                &b,
+                "--exclude=refs/wsync/*",
+                "--all",
+            ],
+        )?;
         let diff = git(&work, &["diff", "HEAD"])?;
         std::fs::write(format!("{}.diff", base.display()), diff)?;
         let st = git(&work, &["status", "--porcelain"])?;
@@ -208,11 +305,13 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
     let per = |total: u64| total as f64 / runs as f64;
     let (wsync_disk, bundle_disk, addall_disk) =
         (per(wsync_disk), per(bundle_disk), per(addall_disk));
-    let (lib, cli, bundle, addall) = (
+    drop(live);
+    let (lib, cli, bundle, addall, live_s) = (
         stats(&mut lib),
         stats(&mut cli),
         stats(&mut bundle),
         stats(&mut addall),
+        stats(&mut live_t),
     );
 
     // Restore: 10 more edits + an untracked file since the snapshot.
@@ -244,6 +343,33 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
     let mb = |b: f64| b / 1e6;
     // The release binary is the figure to read: `cargo xtask` builds xtask,
     // and with it the in-process library, as a dev build.
+    rows.push(
+        Row::versus(
+            format!(
+                "capture through a live, watching scan (release, long-lived process; \
+                 {live_incremental}/{runs} incremental), median"
+            ),
+            ms(live_s.p50),
+            "git bundle --all + git diff",
+            ms(bundle.p50),
+            "ms",
+        )
+        .goal("≤ 10 ms, ≤ 0.033× (≥ 30× faster)"),
+    );
+    rows.push(Row::versus(
+        "capture through a live scan, median",
+        ms(live_s.p50),
+        "git add -A (temp index) + write-tree + commit-tree",
+        ms(addall.p50),
+        "ms",
+    ));
+    rows.push(Row::versus(
+        "capture through a live scan, p95",
+        ms(live_s.p95),
+        "git bundle --all + git diff",
+        ms(bundle.p95),
+        "ms",
+    ));
     rows.push(
         Row::versus(
             "capture via `wsync snapshot create` (release, incl. process start), median",
