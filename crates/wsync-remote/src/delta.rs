@@ -53,7 +53,77 @@ pub enum Op {
         count: u32,
     },
     /// Append these bytes.
-    Literal(Vec<u8>),
+    Literal(#[serde(with = "bytes")] Vec<u8>),
+}
+
+/// Serializes a byte vector as one byte string instead of a sequence of
+/// `u8`s. postcard writes both the same way (a varint length, then the
+/// bytes), so the wire format is unchanged; only the per-byte visitor
+/// calls are gone.
+pub(crate) mod bytes {
+    use serde::{Deserializer, Serializer, de};
+
+    pub(crate) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    struct Visitor;
+
+    impl<'de> de::Visitor<'de> for Visitor {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("bytes")
+        }
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+            while let Some(b) = seq.next_element()? {
+                v.push(b);
+            }
+            Ok(v)
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(Visitor)
+    }
+
+    /// The same for `Option<Vec<u8>>`.
+    pub(crate) mod opt {
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        struct Ref<'a>(&'a [u8]);
+
+        impl Serialize for Ref<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(self.0)
+            }
+        }
+
+        #[derive(Deserialize)]
+        struct Wrap(#[serde(with = "super")] Vec<u8>);
+
+        pub(crate) fn serialize<S: Serializer>(
+            v: &Option<Vec<u8>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(b) => s.serialize_some(&Ref(b)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Vec<u8>>, D::Error> {
+            Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+        }
+    }
 }
 
 /// Why a delta could not be generated or applied.

@@ -188,6 +188,7 @@ pub enum Request {
         /// Pair id (hex).
         pair: String,
         /// Opaque state bytes.
+        #[serde(with = "crate::delta::bytes")]
         data: Vec<u8>,
     },
     /// Stream change notices until the connection closes (watch mode).
@@ -246,7 +247,7 @@ pub enum Response {
     /// A BLAKE3.
     Hash(Hash),
     /// Stored state bytes, if any.
-    State(Option<Vec<u8>>),
+    State(#[serde(with = "crate::delta::bytes::opt")] Option<Vec<u8>>),
     /// Paths that changed (watch mode; empty: rescan everything).
     Notice(Vec<Vec<u8>>),
     /// A refused or failed request.
@@ -300,7 +301,7 @@ pub fn read_preamble<R: Read>(r: &mut R) -> io::Result<Preamble> {
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let raw = postcard::to_stdvec(msg).map_err(|e| FrameError::Malformed(e.to_string()))?;
     let (flags, payload) = if raw.len() >= COMPRESS_MIN && looks_compressible(&raw) {
-        match zstd::bulk::compress(&raw, 1) {
+        match compress(&raw) {
             Ok(c) if c.len() < raw.len() => (FLAG_ZSTD, c),
             _ => (0, raw),
         }
@@ -329,7 +330,58 @@ fn looks_compressible(raw: &[u8]) -> bool {
     }
     let mid = raw.len() / 2;
     let sample = &raw[mid - SAMPLE / 2..mid + SAMPLE / 2];
-    zstd::bulk::compress(sample, 1).is_ok_and(|c| c.len() < SAMPLE * 15 / 16)
+    compress(sample).is_ok_and(|c| c.len() < SAMPLE * 15 / 16)
+}
+
+thread_local! {
+    /// One zstd context per thread, reused for every frame.
+    static CCTX: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// zstd level 1, with this thread's reused context.
+fn compress(raw: &[u8]) -> io::Result<Vec<u8>> {
+    CCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = Some(zstd::bulk::Compressor::new(1)?);
+        }
+        match c.as_mut() {
+            Some(c) => c.compress(raw),
+            None => Err(io::Error::other("no zstd context")),
+        }
+    })
+}
+
+/// Inflates a zstd payload into a buffer of the size its frame header
+/// states (at most [`MAX_INFLATED`]), with this thread's reused context.
+fn decompress(payload: &[u8]) -> Result<Vec<u8>, FrameError> {
+    let bad = |e: &dyn std::fmt::Display| FrameError::Malformed(format!("bad zstd payload: {e}"));
+    let size = match zstd::zstd_safe::get_frame_content_size(payload) {
+        Ok(Some(n)) if n <= MAX_INFLATED as u64 => n as usize,
+        Ok(Some(n)) => {
+            return Err(FrameError::Malformed(format!(
+                "payload inflates to {n} bytes, past the {MAX_INFLATED}-byte limit"
+            )));
+        }
+        Ok(None) => MAX_INFLATED,
+        Err(e) => return Err(bad(&format!("{e:?}"))),
+    };
+    DCTX.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new().map_err(|e| bad(&e))?);
+        }
+        let Some(d) = d.as_mut() else {
+            return Err(bad(&"no zstd context"));
+        };
+        let mut out = Vec::with_capacity(size);
+        d.decompress_to_buffer(payload, &mut out)
+            .map_err(|e| bad(&e))?;
+        Ok(out)
+    })
 }
 
 /// Writes one message as a frame; returns the bytes written.
@@ -375,8 +427,7 @@ pub fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Frame
     let raw = match flags {
         0 => payload,
         FLAG_ZSTD => {
-            inflated = zstd::bulk::decompress(payload, MAX_INFLATED)
-                .map_err(|e| FrameError::Malformed(format!("bad zstd payload: {e}")))?;
+            inflated = decompress(payload)?;
             &inflated[..]
         }
         other => {
@@ -405,6 +456,42 @@ mod tests {
         let (back, n): (Request, usize) = read_msg(&mut &frame[..]).unwrap();
         assert_eq!(back, msg);
         assert_eq!(n, frame.len());
+    }
+
+    /// Byte vectors go as one byte string: the same bytes on the wire as
+    /// the plain `Vec<u8>` (a sequence of `u8`) of earlier builds.
+    #[test]
+    fn byte_fields_keep_the_wire_format() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        enum OldOp {
+            Copy { index: u64, count: u32 },
+            Literal(Vec<u8>),
+        }
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        enum OldResponse {
+            Hello { host: String, root: Vec<u8> },
+            ScanChunk(Vec<Entry>),
+            ScanEnd { root_exists: bool },
+            Sigs(Signature),
+            DeltaOps(Vec<OldOp>),
+            DeltaEnd { hash: Hash, meta: Meta },
+            Done(Option<Meta>),
+            Hash(Hash),
+            State(Option<Vec<u8>>),
+        }
+        let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let new = postcard::to_stdvec(&Op::Literal(data.clone())).unwrap();
+        let old = postcard::to_stdvec(&OldOp::Literal(data.clone())).unwrap();
+        assert_eq!(new, old);
+        let back: Op = postcard::from_bytes(&old).unwrap();
+        assert_eq!(back, Op::Literal(data.clone()));
+        for state in [None, Some(Vec::new()), Some(data.clone())] {
+            let new = postcard::to_stdvec(&Response::State(state.clone())).unwrap();
+            let old = postcard::to_stdvec(&OldResponse::State(state.clone())).unwrap();
+            assert_eq!(new, old);
+            let back: Response = postcard::from_bytes(&old).unwrap();
+            assert_eq!(back, Response::State(state));
+        }
     }
 
     #[test]
