@@ -6,8 +6,8 @@ use std::cell::RefCell;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -185,6 +185,10 @@ pub struct SyncOptions {
     pub cancel: Option<Arc<AtomicBool>>,
     /// Called at each phase.
     pub on_phase: Option<PhaseHook>,
+    /// A watching snapshot scan kept across runs (the daemon's): the
+    /// pre-sync snapshot then only looks at what changed since the last
+    /// one. `None`: every snapshot scans the whole tree.
+    pub live_snapshots: Option<Arc<Mutex<wsync_snapshot::LiveScan>>>,
 }
 
 impl fmt::Debug for SyncOptions {
@@ -198,6 +202,7 @@ impl fmt::Debug for SyncOptions {
             .field("lock_wait", &self.lock_wait)
             .field("cancel", &self.cancel)
             .field("on_phase", &self.on_phase.as_ref().map(|_| "hook"))
+            .field("live_snapshots", &self.live_snapshots.is_some())
             .finish()
     }
 }
@@ -575,6 +580,7 @@ impl SyncEngine {
         let snapshot = snap::capture(
             &self.workspace,
             &self.state_dir,
+            opts.live_snapshots.as_deref(),
             &format!("{} {}", opts.mode.as_str(), opts.reason),
             self.config.snapshots.bundles,
             if report.pause_acknowledged == Some(true) {

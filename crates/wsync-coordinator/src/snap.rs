@@ -2,9 +2,10 @@
 //! and recovery, the `.result` file, retention.
 
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use wsync_snapshot::{CaptureOptions, RestoreOptions, Retention, SnapshotStore};
+use wsync_snapshot::{CaptureOptions, LiveScan, RestoreOptions, Retention, SnapshotStore};
 
 use crate::Error;
 
@@ -18,20 +19,28 @@ pub(crate) struct Captured {
     pub index_commit: String,
 }
 
-/// Captures a snapshot.
+/// Captures a snapshot, through `live` when given (only what changed since
+/// its previous capture is looked at).
 pub(crate) fn capture(
     workspace: &Path,
     state_dir: &Path,
+    live: Option<&Mutex<LiveScan>>,
     reason: &str,
     bundle: bool,
     autonomous_status: &str,
 ) -> Result<Captured, Error> {
-    let store = SnapshotStore::open(workspace, state_dir)?;
-    let snap = store.capture(&CaptureOptions {
+    let opts = CaptureOptions {
         reason: reason.into(),
         bundle,
         autonomous_status: autonomous_status.into(),
-    })?;
+    };
+    let snap = match live {
+        Some(live) => live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .capture(&opts)?,
+        None => SnapshotStore::open(workspace, state_dir)?.capture(&opts)?,
+    };
     Ok(Captured {
         id: snap.id,
         commit: snap.commit,

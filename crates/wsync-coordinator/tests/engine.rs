@@ -612,3 +612,54 @@ fn every_automatic_reason_waits_while_disabled() {
     }
     assert!(git(remote.bare(), &["ls-tree", "-r", "--name-only", "main"]).contains("x.txt"));
 }
+
+#[test]
+fn a_live_snapshot_scan_kept_across_runs_captures_every_pre_sync_state() {
+    let remote = TestRemote::new();
+    let a = Side::new(&remote, "a");
+    let b = Side::new(&remote, "b");
+    let live = wsync_snapshot::SnapshotStore::open(a.repo.path(), &a.state)
+        .unwrap()
+        .live(&wsync_snapshot::LiveOptions::default())
+        .unwrap();
+    let live = Arc::new(std::sync::Mutex::new(live));
+    let opts = SyncOptions {
+        live_snapshots: Some(live.clone()),
+        ..SyncOptions::default()
+    };
+    for round in 0..4 {
+        // A local edit, an untracked file and a change from the other
+        // clone (integrated by merge, which checks files out).
+        a.repo.write("notes.txt", format!("round {round}\n"));
+        a.repo.write(format!("new/r{round}.txt"), "new\n");
+        b.repo.write(format!("b{round}.txt"), "from b\n");
+        b.sync();
+        let report = a.engine(Config::default()).run(&opts).unwrap();
+        assert!(report.pushed, "round {round}: {report:?}");
+        // The pre-sync snapshot holds this round's local state exactly.
+        let id = report.snapshot.clone().unwrap();
+        let show = |path: &str| {
+            git_output(
+                a.repo.path(),
+                &["show", &format!("refs/wsync/snapshots/{id}:{path}")],
+            )
+        };
+        assert_eq!(
+            show("notes.txt").stdout,
+            format!("round {round}\n").as_bytes()
+        );
+        assert!(show(&format!("new/r{round}.txt")).status.success());
+        assert!(
+            !show(&format!("b{round}.txt")).status.success(),
+            "b's file arrived after the snapshot"
+        );
+        if round > 0 {
+            assert!(show(&format!("b{}.txt", round - 1)).status.success());
+        }
+    }
+    let stats = live.lock().unwrap().stats().clone();
+    assert_eq!(stats.full_scans, 1, "{stats:?}");
+    assert_eq!(stats.incremental_scans, 3, "{stats:?}");
+    assert!(clean(&a.repo));
+    fsck_ok(a.repo.path());
+}

@@ -123,12 +123,6 @@ fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
-/// The index as last read, reused while the file is unchanged.
-struct CachedIndex {
-    index: Index,
-    stamp: Stamp,
-}
-
 /// Repeated captures of one workspace in O(changed), kept honest by a
 /// file-system watcher. See the module documentation of
 /// [`SnapshotStore::live`] for the rules.
@@ -161,7 +155,6 @@ pub struct LiveScan {
     token: String,
     cookies: u64,
     baseline: Option<Baseline>,
-    index: Option<CachedIndex>,
     stats: LiveStats,
 }
 
@@ -200,7 +193,6 @@ impl SnapshotStore {
             gitdir,
             cookies: 0,
             baseline: None,
-            index: None,
             stats: LiveStats::default(),
         })
     }
@@ -230,21 +222,18 @@ impl LiveScan {
                 .unwrap_or_else(|| "first capture".into())),
             Some(b) => self.plan(b),
         };
+        // The repository's own in-memory index: re-read only when the
+        // file changed (libgit2 compares its stat stamp). It is never
+        // written back.
         let index_path = self.repo.path().join("index");
         let index_stamp = stamp(&index_path);
-        let mut cached = match (self.index.take(), index_stamp) {
-            (Some(c), Some(s)) if c.stamp == s => c,
-            (_, stamp_now) => CachedIndex {
-                index: Index::open(&index_path)
-                    .map_err(git_err(&index_path, "cannot read the index"))?,
-                stamp: stamp_now.unwrap_or(Stamp {
-                    ino: 0,
-                    size: 0,
-                    mtime: (0, 0),
-                    ctime: (0, 0),
-                }),
-            },
-        };
+        let mut index = self
+            .repo
+            .index()
+            .map_err(git_err(&index_path, "cannot read the index"))?;
+        index
+            .read(false)
+            .map_err(git_err(&index_path, "cannot read the index"))?;
         let index_mtime = index_stamp.map(|s| s.mtime);
         let result = match plan {
             Ok((baseline, candidates)) => {
@@ -275,7 +264,7 @@ impl LiveScan {
                 let r = capture::capture_from(
                     &self.store,
                     &self.repo,
-                    &mut cached.index,
+                    &mut index,
                     index_mtime,
                     opts,
                     &mut scan,
@@ -285,11 +274,11 @@ impl LiveScan {
             Err(why) => {
                 self.stats.full_scans += 1;
                 self.stats.last_full_reason = Some(why);
-                self.rewatch(&cached.index);
+                self.rewatch(&index);
                 let r = capture::capture_from(
                     &self.store,
                     &self.repo,
-                    &mut cached.index,
+                    &mut index,
                     index_mtime,
                     opts,
                     &mut |i| scan::scan(i.repo, i.root, i.index, i.index_mtime, i.filemode),
@@ -300,8 +289,11 @@ impl LiveScan {
         // On failure the recorded paths are gone: the next capture must
         // scan everything (no baseline).
         let (snap, outcome, full_scan_at) = result?;
-        if !outcome.conflicted {
-            self.index = Some(cached);
+        if outcome.conflicted {
+            // Conflicts were resolved in memory: read the file again.
+            index
+                .read(true)
+                .map_err(git_err(&index_path, "cannot read the index"))?;
         }
         if self.watcher.is_some() {
             self.baseline = Some(Baseline {
@@ -583,5 +575,15 @@ fn record(
             continue;
         }
         rec.paths.insert(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The daemon keeps a scan behind a mutex shared with its runner.
+    #[test]
+    fn live_scan_is_send() {
+        fn send<T: Send>() {}
+        send::<super::LiveScan>();
     }
 }

@@ -2,12 +2,13 @@
 //! retry policy and the circuit breaker.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use wsync_snapshot::{LiveOptions, LiveScan, SnapshotStore};
 
 use crate::queue::{
     Finish, Priority, Queue, QueueEntry, Result, SharedClock, pid_alive, system_clock,
@@ -74,6 +75,10 @@ pub struct EngineRunner {
     state_dir: PathBuf,
     /// How long a run waits for the sync lock before reporting busy.
     pub lock_wait: Duration,
+    /// Keep a watching snapshot scan across runs, so pre-sync snapshots
+    /// cost O(changed) (default true).
+    pub live_snapshots: bool,
+    live: Option<Arc<Mutex<LiveScan>>>,
 }
 
 impl EngineRunner {
@@ -83,7 +88,24 @@ impl EngineRunner {
             workspace: workspace.to_path_buf(),
             state_dir: state_dir.to_path_buf(),
             lock_wait: Duration::from_secs(5),
+            live_snapshots: true,
+            live: None,
         }
+    }
+
+    /// The live snapshot scan, started on first use (`None` when turned
+    /// off or when it cannot start; the run then scans the whole tree).
+    fn live(&mut self) -> Option<Arc<Mutex<LiveScan>>> {
+        if !self.live_snapshots {
+            return None;
+        }
+        if self.live.is_none() {
+            self.live = SnapshotStore::open(&self.workspace, &self.state_dir)
+                .and_then(|s| s.live(&LiveOptions::default()))
+                .ok()
+                .map(|l| Arc::new(Mutex::new(l)));
+        }
+        self.live.clone()
     }
 
     /// The engine options for an entry.
@@ -109,7 +131,11 @@ impl SyncRunner for EngineRunner {
                 };
             }
         };
-        match engine.run(&self.options(entry, ctx)) {
+        let opts = SyncOptions {
+            live_snapshots: self.live(),
+            ..self.options(entry, ctx)
+        };
+        match engine.run(&opts) {
             Ok(r) if r.skipped() => RunOutcome::Skipped {
                 detail: r.decision.why,
             },
