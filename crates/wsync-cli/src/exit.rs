@@ -51,8 +51,26 @@ impl Failure {
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#}", self.source)
+        f.write_str(&render(&self.source))
     }
+}
+
+/// An error and its causes on one line, `outer: cause: root`, leaving out
+/// a cause whose text the line already holds (the libraries' errors name
+/// their source in their own message).
+pub fn render(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 impl std::error::Error for Failure {}
@@ -63,4 +81,26 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         return failure.code;
     }
     ERROR
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_names_each_cause_once() {
+        let io = std::io::Error::other("EOF while parsing");
+        let err = anyhow::Error::new(io).context("config.json: EOF while parsing");
+        assert_eq!(render(&err), "config.json: EOF while parsing");
+        let err = err.context("cannot load the config");
+        assert_eq!(
+            render(&err),
+            "cannot load the config: config.json: EOF while parsing"
+        );
+        let wrapped = anyhow::Error::new(Failure::new(BUSY, err));
+        assert_eq!(
+            render(&wrapped),
+            "cannot load the config: config.json: EOF while parsing"
+        );
+    }
 }

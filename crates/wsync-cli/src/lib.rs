@@ -173,7 +173,7 @@ where
     let code = match dispatch(&cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("wsync: error: {err:#}");
+            eprintln!("wsync: error: {}", exit::render(&err));
             exit::code_for(&err)
         }
     };

@@ -61,6 +61,8 @@ pub fn run(ctx: &Ctx, args: &SyncArgs, mode: SyncMode) -> Result<u8> {
         on_phase: args
             .debug_pause_at
             .map(|p| debug_pause(p, ctx.state_dir.clone())),
+        // A one-off run has no watcher to learn from: full scan.
+        live_snapshots: None,
     };
     let report = match engine.run(&opts) {
         Ok(r) => r,
