@@ -147,3 +147,25 @@ fn corrupt_config_is_a_clear_error_and_never_overwritten() {
     // Nothing was synced meanwhile.
     assert_eq!(remote.subjects(), vec!["initial".to_owned()]);
 }
+
+#[test]
+fn init_reports_unless_quiet_and_errors_name_each_cause_once() {
+    let remote = TestRemote::new();
+    let a = remote.clone_repo("a");
+    let quiet = wsync(a.path(), &["-q", "init"]);
+    assert!(quiet.status.success());
+    assert!(
+        quiet.stdout.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&quiet.stdout)
+    );
+    let json: Value = serde_json::from_str(&wsync_ok(a.path(), &["--json", "init"])).unwrap();
+    assert!(json["state_dir"].as_str().unwrap().ends_with(".wsync"));
+    assert!(wsync_ok(a.path(), &["init"]).contains("state folder:"));
+
+    std::fs::write(a.path().join(".wsync/config.json"), "{\n  \"enabled\": ").unwrap();
+    let out = wsync(a.path(), &["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.matches("EOF while parsing").count(), 1, "{err}");
+}

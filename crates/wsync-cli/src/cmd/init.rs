@@ -27,7 +27,12 @@ pub fn run(ctx: &Ctx, args: &InitArgs) -> Result<u8> {
             branch: args.branch.clone(),
         },
     )?;
-    ctx.emit(&report, || {
+    if ctx.json {
+        ctx.emit(&report, String::new)?;
+        return Ok(crate::exit::SUCCESS);
+    }
+    // What init did is status, not data: silent under -q.
+    ctx.say({
         let mut s = format!("state folder: {}\n", report.state_dir.display());
         if report.git_initialised {
             s.push_str("created a git repository\n");
@@ -41,7 +46,7 @@ pub fn run(ctx: &Ctx, args: &InitArgs) -> Result<u8> {
         if let Some(r) = &report.remote {
             s.push_str(&format!("remote {r}\n"));
         }
-        s
-    })?;
+        s.trim_end().to_owned()
+    });
     Ok(crate::exit::SUCCESS)
 }
