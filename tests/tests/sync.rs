@@ -394,3 +394,25 @@ fn sigterm_mid_run_rolls_back_cleanly() {
     assert_eq!(st["lock"]["state"], "free");
     assert!(st["interrupted"].is_null());
 }
+
+#[test]
+fn a_non_utf8_name_is_left_alone_with_a_warning() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let remote = TestRemote::new();
+    let a = remote.clone_repo("a");
+    init(&a);
+    a.write("ok.txt", "synced\n");
+    let odd = a.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt"));
+    std::fs::write(&odd, "latin-1 name\n").unwrap();
+    let out = wsync(a.path(), &["sync"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("not synced: caf\u{fffd}.txt") && err.contains("not valid UTF-8"),
+        "{err}"
+    );
+    assert_eq!(tree(&remote), vec!["README.md", "ok.txt"]);
+    assert_eq!(std::fs::read(&odd).unwrap(), b"latin-1 name\n");
+    let report = json(a.path(), &["sync", "--force"]);
+    assert_eq!(report["not_utf8"], serde_json::json!(["caf\u{fffd}.txt"]));
+}

@@ -294,6 +294,9 @@ pub struct SyncReport {
     pub pause_acknowledged: Option<bool>,
     /// Working-tree files left as they were because they differed locally.
     pub kept_local: Vec<String>,
+    /// Changed paths never committed because their names are not UTF-8
+    /// (shown lossily); they stay in the working tree and the snapshot.
+    pub not_utf8: Vec<String>,
 }
 
 impl SyncReport {
@@ -316,6 +319,7 @@ impl SyncReport {
             recovered: None,
             pause_acknowledged: None,
             kept_local: Vec::new(),
+            not_utf8: Vec::new(),
         }
     }
 
@@ -406,7 +410,7 @@ impl SyncEngine {
         let classifier = self.classifier()?;
         let mut user = Vec::new();
         let mut system = Vec::new();
-        let pending = git::pending(&repo, &self.workspace)?;
+        let (pending, _) = git::pending(&repo, &self.workspace)?;
         let verdicts = classifier.classify_all(&pending);
         for (p, v) in pending.into_iter().zip(verdicts) {
             if v.user {
@@ -730,7 +734,7 @@ impl SyncEngine {
         journal.advance(&self.state_dir, "commit")?;
         // What changed is what the snapshot recorded (no second scan of
         // the working tree); after integrating first, the tree moved on.
-        let pending = if integrate_first {
+        let (pending, not_utf8) = if integrate_first {
             git::pending(repo, &self.workspace)?
         } else {
             git::pending_from_snapshot(
@@ -740,6 +744,7 @@ impl SyncEngine {
                 &captured.index_commit,
             )?
         };
+        report.not_utf8 = not_utf8;
         self.commit_user_changes(repo, &classifier, pending, opts.reason, report)?;
         clock.lap("commit");
         hook(opts, Phase::Committed);

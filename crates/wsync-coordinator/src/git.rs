@@ -104,8 +104,12 @@ pub(crate) struct Pending {
     pub staged: bool,
 }
 
+/// Changed paths, and the changed paths that cannot be synced because
+/// their names are not UTF-8 (shown lossily; the filter matches text).
+pub(crate) type PendingSet = (Vec<Pending>, Vec<String>);
+
 /// Every changed, non-ignored path (untracked files included).
-pub(crate) fn pending(repo: &Repository, workspace: &Path) -> Result<Vec<Pending>, Error> {
+pub(crate) fn pending(repo: &Repository, workspace: &Path) -> Result<PendingSet, Error> {
     let mut opts = StatusOptions::new();
     opts.include_untracked(true)
         .recurse_untracked_dirs(true)
@@ -118,6 +122,7 @@ pub(crate) fn pending(repo: &Repository, workspace: &Path) -> Result<Vec<Pending
         .statuses(Some(&mut opts))
         .map_err(Error::git(workspace, "status"))?;
     let mut out = Vec::with_capacity(statuses.len());
+    let mut not_utf8 = Vec::new();
     for entry in statuses.iter() {
         let s = entry.status();
         if s.contains(Status::IGNORED) || s.is_empty() {
@@ -127,7 +132,9 @@ pub(crate) fn pending(repo: &Repository, workspace: &Path) -> Result<Vec<Pending
             .ok()
             .map(str::to_owned)
         else {
-            // Non-UTF-8 names cannot be matched by the filter; leave them alone.
+            // Non-UTF-8 names cannot be matched by the filter; leave them
+            // alone, and say so.
+            not_utf8.push(String::from_utf8_lossy(entry.path_bytes()).into_owned());
             continue;
         };
         let deleted = s.contains(Status::WT_DELETED)
@@ -147,7 +154,7 @@ pub(crate) fn pending(repo: &Repository, workspace: &Path) -> Result<Vec<Pending
             staged,
         });
     }
-    Ok(out)
+    Ok((out, not_utf8))
 }
 
 /// The changes a snapshot recorded, without scanning the working tree
@@ -158,7 +165,7 @@ pub(crate) fn pending_from_snapshot(
     workspace: &Path,
     snapshot_commit: &str,
     index_commit: &str,
-) -> Result<Vec<Pending>, Error> {
+) -> Result<PendingSet, Error> {
     let gerr = |op: &str| Error::git(workspace, op.to_owned());
     let tree_of = |id: &str| -> Result<git2::Tree<'_>, Error> {
         let oid = Oid::from_str(id).map_err(gerr("parse a snapshot id"))?;
@@ -172,6 +179,7 @@ pub(crate) fn pending_from_snapshot(
     let mut opts = git2::DiffOptions::new();
     opts.ignore_submodules(true);
     let mut map: std::collections::BTreeMap<String, Pending> = std::collections::BTreeMap::new();
+    let mut not_utf8 = std::collections::BTreeSet::new();
     let to_work = repo
         .diff_tree_to_tree(head.as_ref(), Some(&work), Some(&mut opts))
         .map_err(gerr("diff HEAD to the snapshot"))?;
@@ -180,13 +188,11 @@ pub(crate) fn pending_from_snapshot(
         .map_err(gerr("diff HEAD to the index"))?;
     for (diff, staged) in [(&to_work, false), (&to_index, true)] {
         for d in diff.deltas() {
-            let Some(path) = d
-                .new_file()
-                .path()
-                .or_else(|| d.old_file().path())
-                .and_then(|p| p.to_str())
-                .map(str::to_owned)
-            else {
+            let Some(raw) = d.new_file().path().or_else(|| d.old_file().path()) else {
+                continue;
+            };
+            let Some(path) = raw.to_str().map(str::to_owned) else {
+                not_utf8.insert(raw.to_string_lossy().into_owned());
                 continue;
             };
             let entry = map.entry(path.clone()).or_insert_with(|| Pending {
@@ -200,7 +206,7 @@ pub(crate) fn pending_from_snapshot(
             entry.staged |= staged;
         }
     }
-    Ok(map.into_values().collect())
+    Ok((map.into_values().collect(), not_utf8.into_iter().collect()))
 }
 
 /// Paths that differ between two trees (either side), for a checkout

@@ -73,6 +73,11 @@ pub fn run(ctx: &Ctx, args: &SyncArgs, mode: SyncMode) -> Result<u8> {
         // `-q`: the exit code says it all.
         ctx.emit(&report, || human(&report))?;
     }
+    for name in &report.not_utf8 {
+        ctx.warn(format!(
+            "not synced: {name} (its name is not valid UTF-8; rename it to sync it)"
+        ));
+    }
     if report.skipped() {
         return Ok(exit::SKIPPED);
     }
