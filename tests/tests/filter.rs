@@ -298,3 +298,38 @@ fn a_guard_that_declares_its_paths_leaves_a_simultaneous_user_save_alone() {
     let log = repo.read(".wsync/writers.jsonl");
     assert!(log.contains("agent/state.txt"), "{log}");
 }
+
+#[test]
+fn explain_names_the_nested_gitignore_that_blocks_a_path() {
+    let repo = TestRepo::with_commit();
+    repo.write("web/.gitignore", "dist/\n!keep.txt\n");
+    repo.write(".gitignore", "*.txt\n");
+    repo.write("web/dist/app.js", "built\n");
+    repo.write("web/src/app.ts", "source\n");
+    repo.write("web/keep.txt", "kept\n");
+    let out = wsync_ok(
+        repo.path(),
+        &[
+            "--json",
+            "filter",
+            "explain",
+            "web/dist/app.js",
+            "web/src/app.ts",
+            "web/keep.txt",
+            "notes.txt",
+        ],
+    );
+    let v = json(&out);
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows[0]["verdict"], "block");
+    assert!(
+        rows[0]["rule"]
+            .as_str()
+            .unwrap()
+            .ends_with("web/.gitignore:dist/"),
+        "{out}"
+    );
+    assert_eq!(rows[1]["verdict"], "sync", "{out}");
+    assert_eq!(rows[2]["verdict"], "sync", "re-included below: {out}");
+    assert_eq!(rows[3]["verdict"], "block", "{out}");
+}

@@ -126,6 +126,11 @@ pub struct FilterConfig {
     pub exclude_patterns: Vec<String>,
     /// Also block what the workspace's top-level `.gitignore` ignores.
     pub use_gitignore: bool,
+    /// With `use_gitignore`, also the `.gitignore` files in subfolders
+    /// (found by walking the tree once, at construction: worth it for a
+    /// long-lived filter such as a watcher's; a caller that only sees
+    /// paths `git status` reports needs none of them). Default false.
+    pub nested_gitignores: bool,
     /// The action for paths no rule matches (default `ANALYZE`).
     pub default_action: Action,
     /// JSON keys ignored by the content layer, at any depth; glob patterns
@@ -154,6 +159,7 @@ impl Default for FilterConfig {
             rules_file: None,
             exclude_patterns: Vec::new(),
             use_gitignore: true,
+            nested_gitignores: false,
             default_action: Action::Analyze,
             volatile_keys: DEFAULT_VOLATILE_KEYS
                 .iter()
@@ -345,7 +351,11 @@ impl Filter {
             None => (RuleSet::builtin(), rules::BUILTIN_SOURCE.to_owned()),
         };
         let excludes = if config.use_gitignore {
-            rules::Excludes::new(&workspace, &config.exclude_patterns)?
+            let mut ex = rules::Excludes::new(&workspace, &config.exclude_patterns)?;
+            if config.nested_gitignores {
+                ex.load_nested(&workspace)?;
+            }
+            ex
         } else {
             rules::Excludes::new(
                 Path::new("/nonexistent-wsync-root"),

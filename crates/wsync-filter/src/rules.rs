@@ -269,6 +269,9 @@ pub struct Excludes {
     config: ignore::gitignore::Gitignore,
     gitignore: ignore::gitignore::Gitignore,
     gitignore_path: PathBuf,
+    /// `.gitignore` files below the top level: (their folder relative to
+    /// the workspace with a trailing `/`, their rules), deepest first.
+    nested: Vec<(String, ignore::gitignore::Gitignore)>,
 }
 
 /// Where an exclude match came from.
@@ -317,7 +320,15 @@ impl Excludes {
             config,
             gitignore,
             gitignore_path,
+            nested: Vec::new(),
         })
+    }
+
+    /// Also applies the `.gitignore` files in subfolders of `workspace`
+    /// (walks the tree once, now).
+    pub fn load_nested(&mut self, workspace: &Path) -> Result<(), Error> {
+        self.nested = nested_gitignores(workspace)?;
+        Ok(())
     }
 
     /// No patterns.
@@ -326,6 +337,7 @@ impl Excludes {
             config: ignore::gitignore::Gitignore::empty(),
             gitignore: ignore::gitignore::Gitignore::empty(),
             gitignore_path: PathBuf::new(),
+            nested: Vec::new(),
         }
     }
 
@@ -334,11 +346,34 @@ impl Excludes {
     /// that source.
     pub fn matched(&self, path: &str) -> Option<ExcludeMatch> {
         let p = Path::new(path);
+        if p.has_root() {
+            return None; // not workspace-relative: nothing here applies
+        }
         if let ignore::Match::Ignore(glob) = self.config.matched_path_or_any_parents(p, false) {
             return Some(ExcludeMatch {
                 pattern: glob.original().to_owned(),
                 source: format!("exclude:{}", glob.original()),
             });
+        }
+        // As in git, the deepest `.gitignore` that has a say decides (a
+        // `!pattern` there re-includes what a shallower one ignores).
+        for (dir, rules) in &self.nested {
+            let Some(below) = path.strip_prefix(dir.as_str()) else {
+                continue;
+            };
+            match rules.matched_path_or_any_parents(Path::new(below), false) {
+                ignore::Match::None => {}
+                ignore::Match::Whitelist(_) => return None,
+                ignore::Match::Ignore(glob) => {
+                    let file = glob
+                        .from()
+                        .map_or_else(|| format!("{dir}.gitignore"), |f| f.display().to_string());
+                    return Some(ExcludeMatch {
+                        pattern: glob.original().to_owned(),
+                        source: format!("{file}:{}", glob.original()),
+                    });
+                }
+            }
         }
         if let ignore::Match::Ignore(glob) = self.gitignore.matched_path_or_any_parents(p, false) {
             let source = match glob.from() {
@@ -354,10 +389,89 @@ impl Excludes {
     }
 }
 
+/// The `.gitignore` files below the workspace's top level (folders that a
+/// shallower `.gitignore` ignores, `.git` and nested repositories are not
+/// entered), compiled, deepest first. Read once, at construction.
+fn nested_gitignores(
+    workspace: &Path,
+) -> Result<Vec<(String, ignore::gitignore::Gitignore)>, Error> {
+    let mut out = Vec::new();
+    let walk = ignore::WalkBuilder::new(workspace)
+        .hidden(false)
+        .git_global(false)
+        .git_exclude(true)
+        .require_git(false)
+        .filter_entry(|e| e.file_name() != ".git")
+        .build();
+    for entry in walk.flatten() {
+        if entry.depth() < 2 || entry.file_name() != ".gitignore" {
+            continue;
+        }
+        if !entry.file_type().is_some_and(|t| t.is_file()) {
+            continue;
+        }
+        let Some(dir) = entry.path().parent() else {
+            continue;
+        };
+        let Ok(rel) = dir.strip_prefix(workspace) else {
+            continue;
+        };
+        let Some(rel) = rel.to_str() else {
+            continue; // a non-UTF-8 folder: its paths never reach the filter
+        };
+        let mut b = ignore::gitignore::GitignoreBuilder::new(dir);
+        if let Some(source) = b.add(entry.path()) {
+            return Err(Error::Exclude {
+                pattern: entry.path().display().to_string(),
+                source,
+            });
+        }
+        let rules = b.build().map_err(|source| Error::Exclude {
+            pattern: entry.path().display().to_string(),
+            source,
+        })?;
+        out.push((format!("{rel}/"), rules));
+    }
+    out.sort_by_key(|(dir, _)| std::cmp::Reverse(dir.matches('/').count()));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn nested_gitignores_apply_below_their_folder_deepest_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let w = tmp.path();
+        std::fs::create_dir_all(w.join("web/src/gen")).unwrap();
+        std::fs::create_dir_all(w.join("out")).unwrap();
+        std::fs::write(w.join(".gitignore"), "*.log\nout/\n").unwrap();
+        std::fs::write(w.join("web/.gitignore"), "dist/\n!keep.log\n").unwrap();
+        std::fs::write(w.join("web/src/gen/.gitignore"), "*.rs\n").unwrap();
+        // Inside an ignored folder: never read.
+        std::fs::write(w.join("out/.gitignore"), "[invalid\n").unwrap();
+        let mut ex = Excludes::new(w, &[]).unwrap();
+        assert_eq!(ex.matched("web/dist/app.js"), None, "not loaded yet");
+        ex.load_nested(w).unwrap();
+        let hit = |p: &str| ex.matched(p).map(|m| m.source);
+        assert!(
+            hit("web/dist/app.js")
+                .unwrap()
+                .ends_with("web/.gitignore:dist/")
+        );
+        assert_eq!(hit("dist/app.js"), None, "web's rules stay in web/");
+        assert!(hit("web/src/gen/x.rs").unwrap().contains("gen/.gitignore"));
+        assert_eq!(hit("web/src/x.rs"), None);
+        assert_eq!(hit("web/keep.log"), None, "re-included by web/.gitignore");
+        assert!(
+            hit("web/other.log").is_some(),
+            "the top level still applies"
+        );
+        assert!(hit("a.log").is_some());
+        assert_eq!(hit("/etc/passwd"), None);
+    }
 
     #[test]
     fn builtin_rules_parse() {

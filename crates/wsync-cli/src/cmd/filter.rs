@@ -80,6 +80,8 @@ fn workspace_config(ctx: &Ctx) -> Result<FilterConfig> {
         rules_file: f.rules_file.as_ref().map(|p| ctx.workspace.join(p)),
         exclude_patterns: f.exclude_patterns.clone(),
         use_gitignore: f.use_gitignore,
+        // Explaining paths git may not list: every .gitignore counts.
+        nested_gitignores: true,
         default_action,
         volatile_keys: f.volatile_keys.clone(),
         system_process_patterns: f.system_process_patterns.clone(),
