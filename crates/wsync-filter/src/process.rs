@@ -177,8 +177,20 @@ pub(crate) enum Judgement {
 #[derive(Debug)]
 struct PidInfo {
     at: Instant,
+    /// The process's start time (`/proc/PID/stat`): a reused pid is
+    /// another process, whatever the cache says.
+    start: Option<u64>,
     pattern: Option<usize>,
     cmd: String,
+}
+
+/// When process `pid` started, in clock ticks since boot (field 22 of
+/// `/proc/PID/stat`; the command name before it may hold spaces and
+/// parentheses, so fields are counted after the last `)`).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.get(stat.rfind(')')? + 1..)?;
+    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 struct PidCache {
@@ -402,9 +414,11 @@ impl ProcessLayer {
     /// and the command line; `None` if it cannot be read.
     fn system_match(&self, pid: u32) -> Option<(Option<usize>, String)> {
         let now = self.clock.now();
+        let start = start_time(pid);
         let mut cache = self.pids.lock().ok()?;
         if let Some(info) = cache.pids.get(&pid)
             && now.saturating_duration_since(info.at) < self.ttl
+            && info.start == start
         {
             return Some((info.pattern, info.cmd.clone()));
         }
@@ -431,6 +445,7 @@ impl ProcessLayer {
             pid,
             PidInfo {
                 at: now,
+                start,
                 pattern,
                 cmd: cmd.clone(),
             },
@@ -608,6 +623,30 @@ mod tests {
             layer.cached(me),
             Some(start + Duration::from_secs(31)),
             "after the TTL: refreshed"
+        );
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_answered_from_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut layer =
+            ProcessLayer::new(dir.path(), dir.path(), &FilterConfig::default()).unwrap();
+        let t0 = Instant::now();
+        let clock = Arc::new(Manual(Mutex::new(t0)));
+        layer.set_clock(clock.clone());
+        let me = std::process::id();
+        assert!(start_time(me).is_some());
+        assert_eq!(start_time(me), start_time(me));
+        layer.system_match(me).unwrap();
+        // Pretend the cached answer was about an earlier process with the
+        // same pid: within the TTL, it must still be looked up again.
+        layer.pids.lock().unwrap().pids.get_mut(&me).unwrap().start = Some(1);
+        *clock.0.lock().unwrap() = t0 + Duration::from_secs(1);
+        layer.system_match(me).unwrap();
+        assert_eq!(layer.cached(me), Some(t0 + Duration::from_secs(1)));
+        assert_eq!(
+            layer.pids.lock().unwrap().pids.get(&me).unwrap().start,
+            start_time(me)
         );
     }
 
