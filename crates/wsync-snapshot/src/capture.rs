@@ -28,6 +28,8 @@ use crate::{
     io_err,
 };
 
+/// Up to this many changed paths, the patch compares only them.
+const PATCH_PATHLIST_MAX: usize = 4096;
 /// Files up to this size are read into memory; larger ones are streamed.
 const SMALL_FILE: u64 = 1 << 20;
 /// How many times a file that changes while being read is re-read.
@@ -289,7 +291,10 @@ pub(crate) fn capture_from(
     repo.set_index(index)
         .map_err(git_err(&index_path, "cannot use the index read"))?;
     let diff_path = store.file(&id, "diff");
-    let diff_file = write_patch_file(repo, head_tree.as_ref(), &work_tree, &diff_path)?;
+    // Only the paths known to differ need comparing (libgit2 then skips
+    // the unchanged folders instead of walking both whole trees).
+    let only = (status_paths.len() <= PATCH_PATHLIST_MAX).then_some(&status_paths);
+    let diff_file = write_patch_file(repo, head_tree.as_ref(), &work_tree, only, &diff_path)?;
     if opts.bundle
         && let Err(e) = crate::manage::create_bundle(store, repo, &id)
     {
@@ -354,12 +359,13 @@ pub(crate) fn write_patch_file(
     repo: &Repository,
     old: Option<&Tree<'_>>,
     new: &Tree<'_>,
+    only: Option<&BTreeSet<Vec<u8>>>,
     path: &Path,
 ) -> Result<fsutil::Pending> {
     let mut pending = fsutil::Pending::create(path, 0o666)?;
     let res = (|| {
         let mut out = std::io::BufWriter::new(&mut pending.file);
-        write_patch(repo, old, new, &mut out, path)?;
+        write_patch(repo, old, new, only, &mut out, path)?;
         out.flush().map_err(io_err(&pending.tmp))
     })();
     match res {
@@ -376,11 +382,19 @@ pub(crate) fn write_patch(
     repo: &Repository,
     old: Option<&Tree<'_>>,
     new: &Tree<'_>,
+    only: Option<&BTreeSet<Vec<u8>>>,
     out: &mut dyn Write,
     what: &Path,
 ) -> Result<()> {
     let mut o = DiffOptions::new();
     o.include_typechange(true);
+    if let Some(paths) = only {
+        // Exact paths, not patterns (a name may hold `*` or `[`).
+        o.disable_pathspec_match(true);
+        for p in paths {
+            o.pathspec(p.as_slice());
+        }
+    }
     let diff = repo
         .diff_tree_to_tree(old, Some(new), Some(&mut o))
         .map_err(git_err(what, "cannot compute the patch"))?;

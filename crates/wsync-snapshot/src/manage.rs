@@ -195,7 +195,7 @@ pub(crate) fn diff(store: &SnapshotStore, id: &str) -> Result<Vec<u8>> {
         None
     };
     let mut out = Vec::new();
-    crate::capture::write_patch(&repo, head_tree.as_ref(), &tree, &mut out, &path)?;
+    crate::capture::write_patch(&repo, head_tree.as_ref(), &tree, None, &mut out, &path)?;
     Ok(out)
 }
 
