@@ -155,6 +155,8 @@ pub struct LiveScan {
     token: String,
     cookies: u64,
     baseline: Option<Baseline>,
+    /// A folder the last scan entered could not be watched.
+    unwatched: Option<String>,
     stats: LiveStats,
 }
 
@@ -193,6 +195,7 @@ impl SnapshotStore {
             gitdir,
             cookies: 0,
             baseline: None,
+            unwatched: None,
             stats: LiveStats::default(),
         })
     }
@@ -239,15 +242,20 @@ impl LiveScan {
             Ok((baseline, candidates)) => {
                 self.stats.incremental_scans += 1;
                 let watcher = &mut self.watcher;
+                let unwatched = &mut self.unwatched;
                 let mut scan = |i: &ScanInput<'_>| {
                     let tracked = scan::tracked_of(i.index);
                     let mut candidates = candidates.clone();
                     index_changes(&baseline.tracked, &tracked, &mut candidates);
                     let mut on_dir = |dir: &Path| {
-                        if let Some(w) = watcher.as_mut() {
-                            // A failure here is caught by the next full
-                            // scan's re-watch; the folder is scanned now.
-                            let _ = w.watch(dir, RecursiveMode::NonRecursive);
+                        // The folder is scanned now; if it cannot be
+                        // watched, the next capture must scan everything.
+                        if let Some(w) = watcher.as_mut()
+                            && let Err(e) = w.watch(dir, RecursiveMode::NonRecursive)
+                        {
+                            unwatched.get_or_insert_with(|| {
+                                format!("cannot watch {}: {e}", dir.display())
+                            });
                         }
                     };
                     scan::scan_candidates(
@@ -295,7 +303,10 @@ impl LiveScan {
                 .read(true)
                 .map_err(git_err(&index_path, "cannot read the index"))?;
         }
-        if self.watcher.is_some() {
+        if let Some(why) = self.unwatched.take() {
+            // Not watched: what changes there next is unknown.
+            self.stats.watch_error = Some(why);
+        } else if self.watcher.is_some() {
             self.baseline = Some(Baseline {
                 full_scan_at,
                 tracked: outcome.scan.tracked,
@@ -580,10 +591,74 @@ fn record(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use notify::event::{CreateKind, Flag, ModifyKind};
+
     /// The daemon keeps a scan behind a mutex shared with its runner.
     #[test]
     fn live_scan_is_send() {
         fn send<T: Send>() {}
-        send::<super::LiveScan>();
+        send::<LiveScan>();
+    }
+
+    fn event(kind: EventKind, path: &str) -> notify::Result<notify::Event> {
+        Ok(notify::Event::new(kind).add_path(PathBuf::from(path)))
+    }
+
+    #[test]
+    fn the_handler_records_paths_cookies_and_losses() {
+        let shared = Shared::default();
+        let git = Path::new("/w/.git");
+        let cookie = "wsync-live-cookie-7.0-";
+        let rec = |e| record(&shared, git, cookie, 2, e);
+        rec(event(
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            "/w/read.txt",
+        ));
+        rec(event(EventKind::Modify(ModifyKind::Any), "/w/a.txt"));
+        rec(event(
+            EventKind::Create(CreateKind::File),
+            "/w/.git/index.lock",
+        ));
+        rec(event(
+            EventKind::Create(CreateKind::File),
+            "/w/.git/wsync-live-cookie-7.0-3",
+        ));
+        // Another scan's cookie (other token) does not count.
+        rec(event(
+            EventKind::Create(CreateKind::File),
+            "/w/.git/wsync-live-cookie-7.1-9",
+        ));
+        {
+            let r = shared.recorded.lock().unwrap();
+            assert_eq!(r.cookie, 3);
+            assert_eq!(r.paths.len(), 1, "{:?}", r.paths);
+            assert!(r.lost.is_none());
+        }
+        rec(event(EventKind::Modify(ModifyKind::Any), "/w/b.txt"));
+        rec(event(EventKind::Modify(ModifyKind::Any), "/w/c.txt"));
+        assert!(
+            shared.recorded.lock().unwrap().lost.is_some(),
+            "over the cap"
+        );
+
+        let shared = Shared::default();
+        record(
+            &shared,
+            git,
+            cookie,
+            10,
+            Ok(notify::Event::new(EventKind::Other).set_flag(Flag::Rescan)),
+        );
+        assert!(shared.recorded.lock().unwrap().lost.is_some(), "overflow");
+        let shared = Shared::default();
+        record(
+            &shared,
+            git,
+            cookie,
+            10,
+            Err(notify::Error::generic("boom")),
+        );
+        assert!(shared.recorded.lock().unwrap().lost.is_some(), "error");
     }
 }

@@ -351,3 +351,33 @@ fn a_writer_during_live_captures_is_never_missed() {
     assert_eq!(trees(&repo, &fast), trees(&repo, &full));
     assert!(live.stats().incremental_scans >= 10, "{:?}", live.stats());
 }
+
+#[test]
+fn too_many_changes_between_captures_mean_a_full_scan() {
+    let repo = TestRepo::with_commit();
+    std::fs::write(repo.path().join(".git/info/exclude"), "*.log\n").unwrap();
+    let store = SnapshotStore::open(repo.path(), &repo.path().join(".wsync")).unwrap();
+    let mut live = store
+        .live(&LiveOptions {
+            max_recorded: 3,
+            ..LiveOptions::default()
+        })
+        .unwrap();
+    let opts = CaptureOptions::default();
+    live.capture(&opts).unwrap();
+    for i in 0..10 {
+        repo.write(format!("f{i}.txt"), "x\n");
+    }
+    let snap = live.capture(&opts).unwrap();
+    assert_eq!(snap.meta.git_status_files, 10);
+    let stats = live.stats();
+    assert_eq!(stats.full_scans, 2, "{stats:?}");
+    assert_eq!(
+        stats.last_full_reason.as_deref(),
+        Some("more than 3 paths changed")
+    );
+    // Then incremental again.
+    repo.write("f0.txt", "y\n");
+    live.capture(&opts).unwrap();
+    assert_eq!(live.stats().incremental_scans, 1);
+}
