@@ -149,9 +149,15 @@ pub fn serve_command(peer: &PeerSpec, opts: &ConnectOptions) -> Result<Command, 
     }
 }
 
+/// What the writer thread sends: a ready frame, or a request to encode.
+enum Outgoing {
+    Frame(Vec<u8>),
+    Request(Request),
+}
+
 /// A live connection to a `wsync serve`.
 pub struct Conn {
-    tx: Option<SyncSender<Vec<u8>>>,
+    tx: Option<SyncSender<Outgoing>>,
     rx: Receiver<Result<(Response, usize), FrameError>>,
     writer: Option<JoinHandle<std::io::Result<()>>>,
     child: Option<Child>,
@@ -256,7 +262,7 @@ impl Conn {
             Err(e) => return Err(no_answer(e.to_string())),
         };
         let sent = Arc::new(AtomicU64::new(10));
-        let (tx, wrx) = mpsc::sync_channel::<Vec<u8>>(16);
+        let (tx, wrx) = mpsc::sync_channel::<Outgoing>(16);
         let sent2 = Arc::clone(&sent);
         let writer = std::thread::spawn(move || -> std::io::Result<()> {
             loop {
@@ -270,6 +276,14 @@ impl Conn {
                         }
                     }
                     Err(TryRecvError::Disconnected) => break,
+                };
+                let frame = match frame {
+                    Outgoing::Frame(f) => f,
+                    // Encoded (and compressed) here, overlapping with the
+                    // sender's reading of the next data.
+                    Outgoing::Request(req) => {
+                        wire::encode(&req).map_err(|e| std::io::Error::other(e.to_string()))?
+                    }
                 };
                 output.write_all(&frame)?;
                 sent2.fetch_add(frame.len() as u64, Ordering::Relaxed);
@@ -330,10 +344,20 @@ impl Conn {
             peer: self.peer.clone(),
             source,
         })?;
+        self.queue(Outgoing::Frame(frame))
+    }
+
+    /// Like [`Conn::send`], for a request that carries data: it is encoded
+    /// and compressed on the writer thread, while the caller goes on.
+    pub fn send_owned(&self, req: Request) -> Result<(), Error> {
+        self.queue(Outgoing::Request(req))
+    }
+
+    fn queue(&self, out: Outgoing) -> Result<(), Error> {
         self.tx
             .as_ref()
             .ok_or_else(|| self.lost("closed"))?
-            .send(frame)
+            .send(out)
             .map_err(|_| self.lost("the peer stopped reading"))
     }
 

@@ -433,20 +433,22 @@ pub fn generate<R: Read>(
     };
 
     if index.sorted.is_empty() && index.short_last.is_none() {
-        // Whole file as literal data.
-        let mut block = vec![0u8; LITERAL_MAX];
+        // Whole file as literal data: each chunk is read into a fresh
+        // buffer that becomes the op (no zero-filling, no copy).
         loop {
-            let n = read_full(&mut src, &mut block)?;
+            let mut block = Vec::with_capacity(64 * 1024);
+            let n = (&mut src)
+                .take(LITERAL_MAX as u64)
+                .read_to_end(&mut block)?;
             if n == 0 {
                 break;
             }
-            hasher.update(&block[..n]);
-            out.literal(&block[..n])?;
-            if n < block.len() {
+            hasher.update(&block);
+            (out.emit)(Op::Literal(block))?;
+            if n < LITERAL_MAX {
                 break;
             }
         }
-        out.flush()?;
         return Ok(*hasher.finalize().as_bytes());
     }
 

@@ -1305,7 +1305,10 @@ impl Session {
             batch.push(op);
             if batch_bytes >= OPS_BATCH_BYTES || batch.len() >= 4096 {
                 batch_bytes = 0;
-                if let Err(e) = self.conn.send(&Request::PutOps(std::mem::take(&mut batch))) {
+                if let Err(e) = self
+                    .conn
+                    .send_owned(Request::PutOps(std::mem::take(&mut batch)))
+                {
                     let msg = e.to_string();
                     conn_err = Some(e);
                     return Err(std::io::Error::other(msg));
@@ -1317,7 +1320,7 @@ impl Session {
             return Err(e);
         }
         if !batch.is_empty() {
-            self.conn.send(&Request::PutOps(batch))?;
+            self.conn.send_owned(Request::PutOps(batch))?;
         }
         match r {
             Ok((hash, meta)) if same(&meta, &it.src) => {

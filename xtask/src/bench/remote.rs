@@ -230,6 +230,21 @@ fn run_rss(mut cmd: Command, server_needles: &[&str], what: &str) -> Result<(Dur
     Ok((t.elapsed(), client as f64 / 1024.0, server as f64 / 1024.0))
 }
 
+/// Flushes dirty pages (`sync`) so that a timed copy does not pay for the
+/// write-back of the one before it (rsync does not fsync: its data would
+/// otherwise still be on its way to the disk during the next run).
+fn settle() {
+    let _ = Command::new("sync").status();
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+/// The load average, for the record.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 fn flip_byte(path: &Path, at: u64) -> Result<()> {
     use std::os::unix::fs::FileExt as _;
     let f = std::fs::OpenOptions::new()
@@ -269,16 +284,21 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
     );
     let mut rows = Vec::new();
 
-    // Initial copy.
+    // Initial copy, each from clean page cache state.
+    eprintln!("load average before: {}", load());
+    settle();
     let (tw, _) = exec(env.wsync("push", &src, &dw, &[]), "wsync push")?;
+    settle();
     let (tr, _) = exec(env.rsync(&src, &dr, &[]), "rsync -a")?;
+    settle();
     let (tu, _) = exec(env.unison(&src, &du), "unison")?;
     let dnf = w.join("dst-wsync-nofsync");
+    settle();
     let (tnf, _) = exec(
         env.wsync("push", &src, &dnf, &["--no-fsync"]),
         "wsync push --no-fsync",
     )?;
-    std::fs::remove_dir_all(&dnf)?;
+    settle();
     let label = format!("initial copy ({n} files, {:.0} MB)", bytes as f64 / 1e6);
     rows.push(Row::versus(&label, ms(tw), "rsync -a", ms(tr), "ms").goal("≤ 0.8×"));
     rows.push(Row::versus(&label, ms(tw), "unison", ms(tu), "ms"));
@@ -471,5 +491,6 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
     let label = format!("peak RSS, {big_mb} MB file, 1 byte changed");
     rows.push(Row::versus(format!("{label}: sender"), wc, "rsync -a", rc, "MB").goal("≤ 64 MB"));
     rows.push(Row::versus(format!("{label}: receiver"), ws, "rsync -a", rs, "MB").goal("≤ 64 MB"));
+    eprintln!("load average after: {}", load());
     Ok(rows)
 }
