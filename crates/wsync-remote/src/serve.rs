@@ -193,12 +193,30 @@ pub fn serve<R: Read + Send + 'static, W: Write>(
         fsync: opts.fsync,
     };
     let mut pending_bytes = 0u64;
-    loop {
-        if inp.buffer().is_empty() {
-            out.flush().map_err(io)?;
+    // Frames are read, inflated and decoded on their own thread, a few
+    // ahead of the one being applied (bounded: memory stays small).
+    let (ftx, frames) = mpsc::sync_channel::<Result<Request, FrameError>>(4);
+    std::thread::spawn(move || {
+        loop {
+            let r = wire::read_msg::<_, Request>(&mut inp).map(|(r, _)| r);
+            let stop = r.is_err();
+            if ftx.send(r).is_err() || stop {
+                break;
+            }
         }
-        let req: Request = match wire::read_msg(&mut inp) {
-            Ok((r, _)) => r,
+    });
+    loop {
+        let next = match frames.try_recv() {
+            Ok(r) => r,
+            Err(mpsc::TryRecvError::Empty) => {
+                // Nothing more to read for now: answers go out.
+                out.flush().map_err(io)?;
+                frames.recv().unwrap_or(Err(FrameError::Closed))
+            }
+            Err(mpsc::TryRecvError::Disconnected) => Err(FrameError::Closed),
+        };
+        let req: Request = match next {
+            Ok(r) => r,
             Err(FrameError::Closed) => {
                 committer.finish(&mut pending, &mut out)?;
                 out.flush().map_err(io)?;
@@ -365,7 +383,7 @@ pub fn serve<R: Read + Send + 'static, W: Write>(
             }
             Request::Watch => {
                 out.flush().map_err(io)?;
-                return watch_loop(&root, inp, out, opts);
+                return watch_loop(&root, frames, out, opts);
             }
         }
     }
@@ -410,9 +428,9 @@ enum WatchMsg {
 
 /// Sends a `Notice` whenever something under the root changes, until the
 /// client closes the connection.
-fn watch_loop<R: Read + Send + 'static, W: Write>(
+fn watch_loop<W: Write>(
     root: &Root,
-    mut inp: BufReader<R>,
+    frames: mpsc::Receiver<Result<Request, FrameError>>,
     mut out: BufWriter<W>,
     opts: &ServeOptions,
 ) -> Result<(), Error> {
@@ -439,13 +457,8 @@ fn watch_loop<R: Read + Send + 'static, W: Write>(
             source,
         })?;
     std::thread::spawn(move || {
-        let mut sink = [0u8; 4096];
-        loop {
-            match inp.read(&mut sink) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
+        // Anything the client sends now is ignored; its end closes the loop.
+        while let Ok(Ok(_)) = frames.recv() {}
         let _ = tx.send(WatchMsg::ClientGone);
     });
     let prefix = root.path().to_path_buf();
