@@ -569,9 +569,10 @@ impl Session {
         report.bytes_received = self.conn.bytes_received();
     }
 
-    /// The agreed state and the larger number of entries either copy lists
-    /// (a root that vanished takes its copy with it).
-    fn load_state(&self) -> Result<(State, usize), Error> {
+    /// The agreed state, the larger number of entries either copy lists
+    /// (a root that vanished takes its copy with it), and whether both
+    /// copies decoded and hold exactly that state.
+    fn load_state(&self) -> Result<(State, usize, bool), Error> {
         let remote = match self.conn.call(&Request::StateGet {
             pair: self.pair.clone(),
         })? {
@@ -585,17 +586,21 @@ impl Session {
         // compared by content, which can keep extra files but never drop
         // one. Failing here instead would block every later sync of the
         // pair until someone found the hashed file under `.wsync/remote/`.
-        let l = decode_state(local.as_deref(), "local state").unwrap_or_default();
-        let r = decode_state(remote.as_deref(), "remote state").unwrap_or_default();
+        let (l, r) = (
+            decode_state(local.as_deref(), "local state"),
+            decode_state(remote.as_deref(), "remote state"),
+        );
+        let decoded = l.is_ok() && r.is_ok();
+        let (l, r) = (l.unwrap_or_default(), r.unwrap_or_default());
         let known = l.len().max(r.len());
         if l == r {
-            return Ok((l, known));
+            return Ok((l, known, decoded));
         }
         // The copies disagree (a run died between the two writes, or one
         // side lost its copy): keep only what both agree on; the rest is
         // compared by content.
         let agreed: State = l.into_iter().filter(|(p, v)| r.get(p) == Some(v)).collect();
-        Ok((agreed, known))
+        Ok((agreed, known, false))
     }
 
     /// Whether a scoped round left state that is not written yet.
@@ -655,14 +660,17 @@ impl Session {
                 })
             })
         };
-        let (state, known_files) = match (scope, self.cached.as_ref()) {
-            (Some(_), Some(c)) => c.clone(),
+        let (state, known_files, stored) = match (scope, self.cached.as_ref()) {
+            (Some(_), Some(c)) => (c.0.clone(), c.1, false),
             _ => {
                 // A full round reads both copies again (written ones first).
                 self.flush_state()?;
                 self.load_state()?
             }
         };
+        // What both sides have stored, when they agree: a round that ends
+        // with the same state writes nothing.
+        let stored = stored.then(|| state.clone());
         let (local, remote) = self.scan_both(opts, scope)?;
         if scope.is_none() && known_files > 0 && !opts.allow_mass_delete {
             for (side, tree) in [(Side::Local, &local), (Side::Remote, &remote)] {
@@ -842,8 +850,8 @@ impl Session {
             }
         }
         let known = known_files.max(next.len());
+        self.state_dirty = stored.as_ref() != Some(&next);
         self.cached = Some((next, known));
-        self.state_dirty = true;
         if scope.is_none() {
             self.flush_state()?;
         }

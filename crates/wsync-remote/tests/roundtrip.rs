@@ -333,3 +333,38 @@ fn scoped_rounds_touch_only_their_paths() {
     s.close().unwrap();
     assert_eq!(snapshot(a.path()), snapshot(b.path()));
 }
+
+/// A round that ends with the state both sides already store writes
+/// nothing (no transfer, no fsync); any change writes it again.
+#[test]
+fn unchanged_state_is_not_rewritten() {
+    use std::os::unix::fs::MetadataExt;
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    write(a.path(), "one.txt", b"1");
+    write(b.path(), "two.txt", b"2");
+    let inodes = |root: &Path| -> Vec<u64> {
+        std::fs::read_dir(root.join(".wsync/remote"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().ino())
+            .collect()
+    };
+    sync(a.path(), b.path());
+    // Written with a hash for just-modified files; once those are old
+    // enough the state settles.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    sync(a.path(), b.path());
+    let (la, lb) = (inodes(a.path()), inodes(b.path()));
+    assert_eq!((la.len(), lb.len()), (1, 1));
+    let r = sync(a.path(), b.path());
+    assert_eq!(r.files_sent + r.files_received, 0);
+    assert_eq!(
+        (inodes(a.path()), inodes(b.path())),
+        (la.clone(), lb.clone())
+    );
+    write(a.path(), "three.txt", b"3");
+    sync(a.path(), b.path());
+    assert_ne!(inodes(a.path()), la);
+    assert_ne!(inodes(b.path()), lb);
+    assert_eq!(std::fs::read(b.path().join("three.txt")).unwrap(), b"3");
+}
