@@ -106,7 +106,10 @@ pub struct TransferArgs {
 /// naming the holder.
 fn lock_local(t: &TransferArgs, verb: &str) -> Result<wsync_lock::SyncLockGuard> {
     use wsync_lock::{LockOptions, SyncLock, Wait};
-    let dir = t.local.join(wsync_remote::fsops::STATE_DIR).join("remote-lock");
+    let dir = t
+        .local
+        .join(wsync_remote::fsops::STATE_DIR)
+        .join("remote-lock");
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create the state folder {}", dir.display()))?;
     let opts = LockOptions {
