@@ -45,6 +45,19 @@ fn fill(root: &Path) {
     write(root, "data/big.bin", &big);
 }
 
+/// `len` bytes of incompressible xorshift noise (`len` a multiple of 8).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    (0..len / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect()
+}
+
 fn without_target(mut s: Snap) -> Snap {
     s.retain(|k, _| !k.starts_with(b"target"));
     s
@@ -279,15 +292,7 @@ fn sigkill_mid_transfer_leaves_no_partial_file_and_rerun_completes() {
     std::fs::create_dir_all(&a).unwrap();
     std::fs::create_dir_all(&b).unwrap();
     // Incompressible, large enough to be mid-flight when killed.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let big: Vec<u8> = (0..96 * 1024 * 1024 / 8)
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .collect();
+    let big = noise(96 * 1024 * 1024, 0x9e37_79b9_7f4a_7c15u64);
     std::fs::write(a.join("big.bin"), &big).unwrap();
     let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
     let child = wsync_cmd(dir.path())
@@ -462,15 +467,7 @@ fn sigkill_of_the_server_mid_transfer_is_a_clear_error_and_rerun_completes() {
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     std::fs::create_dir_all(&a).unwrap();
     std::fs::create_dir_all(&b).unwrap();
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let big: Vec<u8> = (0..96 * 1024 * 1024 / 8)
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .collect();
+    let big = noise(96 * 1024 * 1024, 0x2545_f491_4f6c_dd1du64);
     let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
     let tmp_in = |d: &Path| {
         std::fs::read_dir(d).unwrap().any(|e| {
@@ -613,15 +610,7 @@ fn change_keeping_meta(path: &Path, at: u64) {
 fn a_rebuilt_file_that_fails_its_hash_is_sent_whole() {
     use std::sync::{Arc, Mutex};
     use wsync_remote::wire::{self, Request, Response};
-    let mut x = 0x1234_5678_9abc_def1u64;
-    let base: Vec<u8> = (0..256 * 1024 / 8)
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .collect();
+    let base = noise(256 * 1024, 0x1234_5678_9abc_def1u64);
     let mut edited = base.clone();
     edited[..16].copy_from_slice(b"edited at start!");
     for verb in ["push", "pull"] {
