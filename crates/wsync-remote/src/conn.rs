@@ -149,10 +149,10 @@ pub fn serve_command(peer: &PeerSpec, opts: &ConnectOptions) -> Result<Command, 
     }
 }
 
-/// What the writer thread sends: a ready frame, or a request to encode.
+/// What the writer thread sends: a ready frame, or requests to encode.
 enum Outgoing {
     Frame(Vec<u8>),
-    Request(Request),
+    Requests(Vec<Request>),
 }
 
 /// A live connection to a `wsync serve`.
@@ -277,16 +277,19 @@ impl Conn {
                     }
                     Err(TryRecvError::Disconnected) => break,
                 };
-                let frame = match frame {
-                    Outgoing::Frame(f) => f,
+                let frames = match frame {
+                    Outgoing::Frame(f) => vec![f],
                     // Encoded (and compressed) here, overlapping with the
                     // sender's reading of the next data.
-                    Outgoing::Request(req) => {
-                        wire::encode(&req).map_err(|e| std::io::Error::other(e.to_string()))?
-                    }
+                    Outgoing::Requests(reqs) => reqs
+                        .iter()
+                        .map(|r| wire::encode(r).map_err(|e| std::io::Error::other(e.to_string())))
+                        .collect::<std::io::Result<Vec<_>>>()?,
                 };
-                output.write_all(&frame)?;
-                sent2.fetch_add(frame.len() as u64, Ordering::Relaxed);
+                for frame in frames {
+                    output.write_all(&frame)?;
+                    sent2.fetch_add(frame.len() as u64, Ordering::Relaxed);
+                }
             }
             output.flush()
         });
@@ -347,10 +350,14 @@ impl Conn {
         self.queue(Outgoing::Frame(frame))
     }
 
-    /// Like [`Conn::send`], for a request that carries data: it is encoded
-    /// and compressed on the writer thread, while the caller goes on.
-    pub fn send_owned(&self, req: Request) -> Result<(), Error> {
-        self.queue(Outgoing::Request(req))
+    /// Like [`Conn::send`] for several requests in a row, e.g. the frames
+    /// of a small file: they are encoded (and compressed) on the writer
+    /// thread, while the caller goes on, and handed over at once.
+    pub fn send_batch(&self, reqs: Vec<Request>) -> Result<(), Error> {
+        if reqs.is_empty() {
+            return Ok(());
+        }
+        self.queue(Outgoing::Requests(reqs))
     }
 
     fn queue(&self, out: Outgoing) -> Result<(), Error> {

@@ -1290,7 +1290,8 @@ impl Session {
         report: &mut Report,
     ) -> Result<(), Error> {
         let sig = sig.unwrap_or_default();
-        self.conn.send(&Request::PutBegin {
+        // A small file's frames go to the writer thread in one hand-over.
+        let mut queue = vec![Request::PutBegin {
             path: it.path.clone(),
             expect: it.dest.clone(),
             block_size: if sig.blocks.is_empty() {
@@ -1300,7 +1301,7 @@ impl Session {
             },
             exec: it.src.exec,
             mtime_ns: it.src.mtime_ns,
-        })?;
+        }];
         let mut batch: Vec<Op> = Vec::new();
         let mut batch_bytes = 0usize;
         let mut literal = 0u64;
@@ -1313,10 +1314,8 @@ impl Session {
             batch.push(op);
             if batch_bytes >= OPS_BATCH_BYTES || batch.len() >= 4096 {
                 batch_bytes = 0;
-                if let Err(e) = self
-                    .conn
-                    .send_owned(Request::PutOps(std::mem::take(&mut batch)))
-                {
+                queue.push(Request::PutOps(std::mem::take(&mut batch)));
+                if let Err(e) = self.conn.send_batch(std::mem::take(&mut queue)) {
                     let msg = e.to_string();
                     conn_err = Some(e);
                     return Err(std::io::Error::other(msg));
@@ -1328,28 +1327,29 @@ impl Session {
             return Err(e);
         }
         if !batch.is_empty() {
-            self.conn.send_owned(Request::PutOps(batch))?;
+            queue.push(Request::PutOps(batch));
         }
-        match r {
+        let hash = match r {
             Ok((hash, meta)) if same(&meta, &it.src) => {
                 report.literal_bytes += literal;
                 report.matched_bytes += meta.size.saturating_sub(literal);
                 *sent_meta = Some((meta, hash));
-                self.conn.send(&Request::PutEnd { hash })?;
+                hash
             }
             Ok(_) => {
                 *local_err = Some(Error::Changed {
                     path: show(&it.path),
                 });
                 // A wrong hash makes the server discard the temp file.
-                self.conn.send(&Request::PutEnd { hash: [0; 32] })?;
+                [0; 32]
             }
             Err(e) => {
                 *local_err = Some(e);
-                self.conn.send(&Request::PutEnd { hash: [0; 32] })?;
+                [0; 32]
             }
-        }
-        Ok(())
+        };
+        queue.push(Request::PutEnd { hash });
+        self.conn.send_batch(queue)
     }
 
     fn recv_files(
