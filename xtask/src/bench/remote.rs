@@ -108,11 +108,30 @@ impl Env {
         c
     }
 
+    /// `ssh` sharing one connection between runs (what `wsync remote`
+    /// does by itself with `--ssh-reuse`), for rsync and plain ssh.
+    fn ssh_warm(&self) -> String {
+        format!(
+            "{} -o ControlMaster=auto -o ControlPersist=60 -o ControlPath={}/cm-%C",
+            self.ssh,
+            self.unison_home.display()
+        )
+    }
+
     fn rsync(&self, local: &Path, remote: &Path, extra: &[&str]) -> Command {
+        self.rsync_with(&self.ssh, local, remote, extra)
+    }
+
+    /// rsync over the warm shared ssh connection.
+    fn rsync_warm(&self, local: &Path, remote: &Path, extra: &[&str]) -> Command {
+        self.rsync_with(&self.ssh_warm(), local, remote, extra)
+    }
+
+    fn rsync_with(&self, ssh: &str, local: &Path, remote: &Path, extra: &[&str]) -> Command {
         let mut c = Command::new("rsync");
         c.arg("-a")
             .args(extra)
-            .args(["-e", &self.ssh])
+            .args(["-e", ssh])
             .arg(format!("{}/", local.display()))
             .arg(format!("{}:{}/", self.dest, remote.display()));
         c
@@ -325,6 +344,19 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
         &|| env.wsync("push", &src, &dw, &["--ssh-reuse"]),
         "wsync push --ssh-reuse",
     )?;
+    let nrr = time_reps(
+        &|| env.rsync_warm(&src, &dr, &[]),
+        "rsync over a warm connection",
+    )?;
+    // What ssh alone costs per run: a fresh login, and a command over a
+    // warm connection (the remote login shell still starts every time).
+    let ssh_true = |ssh: &str| {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(format!("{ssh} {} true", env.dest));
+        c
+    };
+    let sf = time_reps(&|| ssh_true(&env.ssh), "ssh true")?;
+    let sw = time_reps(&|| ssh_true(&env.ssh_warm()), "ssh true (warm)")?;
     exec(env.wsync("sync", &src, &dw, &[]), "wsync sync (first)")?;
     let ns = time_reps(&|| env.wsync("sync", &src, &dw, &[]), "wsync sync")?;
     let nu = time_reps(&|| env.unison(&src, &du), "unison")?;
@@ -339,6 +371,23 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
         )
         .goal("≤ 0.3×"),
     );
+    rows.push(Row::versus(
+        "no-op re-sync (push), both over a warm ssh connection",
+        ms(nwr),
+        "rsync -a",
+        ms(nrr),
+        "ms",
+    ));
+    rows.push(Row::solo(
+        "ssh HOST true, fresh connection (part of every cold run)",
+        ms(sf),
+        "ms",
+    ));
+    rows.push(Row::solo(
+        "ssh HOST true, warm connection (part of every warm run)",
+        ms(sw),
+        "ms",
+    ));
     rows.push(Row::versus(
         "no-op re-sync (two-way sync)",
         ms(ns),
@@ -364,8 +413,8 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
         trs.push(t);
         tus.push(exec(env.unison(&src, &du), "unison")?.0);
     }
-    // The same with a warm ssh connection (wsync only; rsync kept in step).
-    let mut twr = Vec::new();
+    // The same with a warm ssh connection, for both (unison kept in step).
+    let (mut twr, mut trr) = (Vec::new(), Vec::new());
     for round in 3..6u64 {
         let mut text = std::fs::read(&small)?;
         text.extend_from_slice(format!("edit {round}\n").as_bytes());
@@ -378,11 +427,18 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
             )?
             .0,
         );
-        exec(env.rsync(&src, &dr, &[]), "rsync")?;
+        trr.push(exec(env.rsync_warm(&src, &dr, &[]), "rsync (warm)")?.0);
         exec(env.unison(&src, &du), "unison")?;
     }
     brs.sort_by(f64::total_cmp);
     bws.sort_by(f64::total_cmp);
+    rows.push(Row::versus(
+        "small edit + 1 byte in 8 MB: time, both over a warm ssh connection",
+        ms(median(twr.clone())),
+        "rsync -a",
+        ms(median(trr)),
+        "ms",
+    ));
     rows.push(
         Row::versus(
             "small edit + 1 byte in 8 MB: time (--ssh-reuse)",
