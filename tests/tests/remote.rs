@@ -798,3 +798,163 @@ fn watch_rescans_everything_after_an_overflow() {
         .unwrap();
     watcher.join().unwrap().unwrap();
 }
+
+/// Pids of processes whose command line contains every one of `needles`.
+fn pids_with(needles: &[&str]) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if needles.iter().all(|n| cmd.contains(n)) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn sigkill(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+}
+
+#[test]
+fn a_session_agent_serves_later_runs_and_survives_crashes() {
+    let Some(sshd) = Sshd::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = dir.path().join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    fill(&a);
+    let rsh = sshd.ssh_command();
+    let bin = wsync_bin();
+    let peer = format!("{}:{}", sshd.destination(), b.display());
+    let push_cmd = || {
+        let mut c = wsync_cmd(dir.path());
+        c.env("XDG_RUNTIME_DIR", &runtime)
+            .env("USER", "agenttest")
+            .args([
+                "remote",
+                "push",
+                a.to_str().unwrap(),
+                &peer,
+                "--rsh",
+                &rsh,
+                "--remote-wsync",
+                bin.to_str().unwrap(),
+                "--ssh-reuse",
+            ]);
+        c
+    };
+    let push = || {
+        let out = push_cmd().stdin(Stdio::null()).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    let sock_dir = runtime.join("wsync-ssh-agenttest");
+    let sock_dir_s = sock_dir.to_str().unwrap().to_owned();
+    let b_s = b.to_str().unwrap().to_owned();
+    let agents = || pids_with(&["remote-agent", &sock_dir_s]);
+    // The far `wsync serve` itself (not the shell or ssh quoting its
+    // command line).
+    let server_cmd = format!("{} serve --root {b_s} --sessions", bin.display());
+    let servers = || pids_with(&[&server_cmd]);
+    struct Reap(Vec<u32>);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                sigkill(*p);
+            }
+        }
+    }
+
+    // The first run starts an agent, which keeps one server alive.
+    push();
+    assert_eq!(without_target(snap(&a)), snap(&b));
+    let agent = agents();
+    assert_eq!(agent.len(), 1, "one agent");
+    let _reap = Reap(agent.clone());
+    let server = servers();
+    assert_eq!(server.len(), 1, "one far server");
+    let socket_count = || {
+        std::fs::read_dir(&sock_dir)
+            .unwrap()
+            .filter(|e| {
+                let n = e.as_ref().unwrap().file_name();
+                n.to_string_lossy().starts_with("agent-")
+            })
+            .count()
+    };
+    assert_eq!(socket_count(), 1);
+
+    // Later runs go through the same agent and the same server.
+    for i in 0..3 {
+        write(&a, "again.txt", format!("run {i}").as_bytes());
+        push();
+        assert_eq!(
+            std::fs::read(b.join("again.txt")).unwrap(),
+            format!("run {i}").as_bytes()
+        );
+    }
+    assert_eq!(agents(), agent, "the same agent");
+    assert_eq!(servers(), server, "the same far server");
+
+    // A client killed mid-transfer: its session is ended for it, no
+    // partial file lands, and the next run (same agent) completes.
+    let big = noise(64 * 1024 * 1024, 0x517c_c1b7_2722_0a95);
+    std::fs::write(a.join("big.bin"), &big).unwrap();
+    let mut child = KillOnDrop(
+        push_cmd()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let started = wait_until(Duration::from_secs(30), || {
+        std::fs::read_dir(&b).unwrap().any(|e| {
+            let n = e.unwrap().file_name();
+            n.as_bytes().starts_with(b".wsync-tmp.")
+        })
+    });
+    assert!(started, "the transfer never started");
+    child.kill();
+    if let Ok(got) = std::fs::read(b.join("big.bin")) {
+        assert!(got == big, "partial file at the final path");
+    }
+    push();
+    assert!(std::fs::read(b.join("big.bin")).unwrap() == big);
+    assert_eq!(agents(), agent, "the agent outlived the killed client");
+    assert_eq!(without_target(snap(&a)), snap(&b));
+
+    // The far server dies: the next run still completes (directly or
+    // through a new agent).
+    for p in servers() {
+        sigkill(p);
+    }
+    write(&a, "after-server.txt", b"s");
+    push();
+    assert!(b.join("after-server.txt").exists());
+
+    // The agent is SIGKILLed (its socket stays behind): the next run
+    // starts a new one on the same socket.
+    for p in agents() {
+        sigkill(p);
+    }
+    write(&a, "after-agent.txt", b"a");
+    push();
+    assert!(b.join("after-agent.txt").exists());
+    let new_agents = agents();
+    assert_eq!(new_agents.len(), 1, "{new_agents:?}");
+    let _reap2 = Reap(new_agents);
+    write(&a, "last.txt", b"l");
+    push();
+    assert_eq!(without_target(snap(&a)), snap(&b));
+    assert_eq!(socket_count(), 1);
+}

@@ -112,6 +112,10 @@ pub enum Command {
     Remote(cmd::remote::RemoteArgs),
     /// Answer a `wsync remote` peer on stdin/stdout (run by ssh on the far side).
     Serve(cmd::remote::ServeArgs),
+    /// Keep one `wsync serve` on the far side alive behind a local socket
+    /// for reuse by `wsync remote` runs (started by them).
+    #[command(name = "remote-agent", hide = true)]
+    RemoteAgent(cmd::remote::AgentArgs),
     /// The sync lock: who holds it; run a command holding it.
     Lock(cmd::lock::LockArgs),
     /// Run a command as an autonomous writer under the pause gate.
@@ -222,6 +226,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
         Command::Projects(args) => cmd::projects::run(&ctx()?, args),
         Command::Remote(args) => cmd::remote::run(&ctx()?, args),
         Command::Serve(args) => cmd::remote::run_serve(args),
+        Command::RemoteAgent(args) => cmd::remote::run_agent(args),
         Command::Lock(args) => cmd::lock::run(&ctx()?, args),
         Command::Guard(args) => cmd::guard::run(&ctx()?, args),
         Command::Pause(args) => cmd::pause::run(&ctx()?, args),

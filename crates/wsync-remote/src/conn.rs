@@ -6,6 +6,7 @@
 //! caller can keep many requests in flight without either pipe deadlocking.
 
 use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -97,6 +98,12 @@ pub struct ConnectOptions {
     /// sockets (`ControlMaster=auto`, `ControlPersist=60`). Only applied
     /// when the remote shell is `ssh`.
     pub ssh_control_dir: Option<PathBuf>,
+    /// Reuse a session agent for ssh peers (see [`crate::agent`]): a
+    /// `wsync serve` kept alive behind a socket in `ssh_control_dir`,
+    /// started (as `local_wsync remote-agent …`) when none answers. Needs
+    /// `ssh_control_dir` and `local_wsync`; falls back to a fresh
+    /// connection whenever the agent cannot serve.
+    pub agent: bool,
 }
 
 fn sh_quote(s: &str) -> String {
@@ -161,6 +168,8 @@ pub struct Conn {
     rx: Receiver<Result<(Response, usize), FrameError>>,
     writer: Option<JoinHandle<std::io::Result<()>>>,
     child: Option<Child>,
+    /// The socket to a session agent, when connected through one.
+    session: Option<UnixStream>,
     sent: Arc<AtomicU64>,
     received: AtomicU64,
     peer: String,
@@ -182,7 +191,65 @@ impl std::fmt::Debug for Conn {
 impl Conn {
     /// Spawns `wsync serve` for `peer` and performs the handshake.
     pub fn connect(peer: &PeerSpec, opts: &ConnectOptions) -> Result<Self, Error> {
+        if opts.agent
+            && matches!(peer, PeerSpec::Ssh { .. })
+            && let Some(c) = Self::via_agent(peer, opts)
+        {
+            return Ok(c);
+        }
         Self::spawn(peer, opts)
+    }
+
+    /// Connects through the peer's session agent, starting one if none
+    /// answers; `None` when that does not work out (the caller then
+    /// connects directly, and reports whatever error that gives).
+    fn via_agent(peer: &PeerSpec, opts: &ConnectOptions) -> Option<Self> {
+        let dir = opts.ssh_control_dir.as_ref()?;
+        let prog = opts.local_wsync.as_ref()?;
+        let sock = crate::agent::agent_socket(dir, peer, opts).ok()?;
+        let stream = match UnixStream::connect(&sock) {
+            Ok(s) => s,
+            Err(_) => {
+                let mut cmd = Command::new(prog);
+                cmd.arg("remote-agent").arg("--socket").arg(&sock);
+                if let Some(rsh) = &opts.rsh {
+                    cmd.arg("--rsh").arg(rsh);
+                }
+                if let Some(w) = &opts.remote_wsync {
+                    cmd.arg("--remote-wsync").arg(w);
+                }
+                for a in &opts.serve_args {
+                    cmd.arg(format!("--serve-arg={a}"));
+                }
+                cmd.arg("--").arg(peer.label());
+                // Its own process group: outlives this run, and a Ctrl-C
+                // meant for this run does not reach it.
+                std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+                cmd.stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+                let mut child = cmd.spawn().ok()?;
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                loop {
+                    if let Ok(s) = UnixStream::connect(&sock) {
+                        // Reaped by whoever outlives it; not waited for.
+                        drop(child);
+                        break s;
+                    }
+                    if !matches!(child.try_wait(), Ok(None))
+                        || std::time::Instant::now() >= deadline
+                    {
+                        return None;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+        };
+        let input = stream.try_clone().ok()?;
+        let output = stream.try_clone().ok()?;
+        let mut c = Self::from_streams(&peer.label(), input, output).ok()?;
+        c.session = Some(stream);
+        Some(c)
     }
 
     /// Like [`Conn::connect`], for a watch-only connection.
@@ -308,6 +375,7 @@ impl Conn {
             rx,
             writer: Some(writer),
             child: None,
+            session: None,
             sent,
             received: AtomicU64::new(0),
             peer: peer.to_owned(),
@@ -435,6 +503,30 @@ impl Conn {
     }
 
     fn shutdown(&mut self) -> Result<(), Error> {
+        if let Some(stream) = self.session.take() {
+            // End the session so the agent's server waits for the next
+            // client; what the server still had to say is read first.
+            let ended = self.send(&Request::EndSession).is_ok()
+                && loop {
+                    match self.recv_timeout(std::time::Duration::from_secs(30)) {
+                        Ok(Some(Response::SessionEnd)) => break true,
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => break false,
+                    }
+                };
+            drop(self.tx.take());
+            if let Some(w) = self.writer.take() {
+                let _ = w.join();
+            }
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            if !ended {
+                return Err(Error::Protocol {
+                    peer: self.peer.clone(),
+                    what: "the session agent did not confirm the end of the session".into(),
+                });
+            }
+            return Ok(());
+        }
         drop(self.tx.take());
         if let Some(w) = self.writer.take() {
             let _ = w.join();
@@ -457,6 +549,10 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        if let Some(stream) = self.session.take() {
+            // Not closed cleanly: the agent ends the session for us.
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
         drop(self.tx.take());
         if let Some(mut child) = self.child.take() {
             // Closing stdin ends a healthy server; do not hang on a sick one.
@@ -491,6 +587,7 @@ pub fn variant(r: &Response) -> &'static str {
         Response::State(_) => "State",
         Response::Notice(_) => "Notice",
         Response::Err { .. } => "Err",
+        Response::SessionEnd => "SessionEnd",
     }
 }
 

@@ -19,6 +19,12 @@ pub struct ServeOptions {
     pub fsync: bool,
     /// How long change notices are collected before one is sent (watch).
     pub notice_delay: Duration,
+    /// Serve one client session after another on the same stream (for a
+    /// session agent that keeps this process alive between runs): each
+    /// session starts with the client's preamble (answered with ours and a
+    /// `Hello`) and ends with `EndSession` (answered with `SessionEnd`);
+    /// the end of the stream between sessions ends the loop.
+    pub sessions: bool,
 }
 
 impl Default for ServeOptions {
@@ -26,6 +32,7 @@ impl Default for ServeOptions {
         Self {
             fsync: true,
             notice_delay: Duration::from_millis(15),
+            sessions: false,
         }
     }
 }
@@ -152,39 +159,68 @@ pub fn serve<R: Read + Send + 'static, W: Write>(
     output: W,
     opts: &ServeOptions,
 ) -> Result<(), Error> {
-    let root = Root::new(root, opts.fsync);
     let mut out = BufWriter::with_capacity(256 * 1024, output);
     let mut inp = BufReader::with_capacity(256 * 1024, input);
     let io = |source| Error::Io {
         path: "<stdio>".into(),
         source,
     };
-    wire::write_preamble(&mut out).map_err(io)?;
-    match wire::read_preamble(&mut inp).map_err(io)? {
-        Preamble::Version(v) if v == wire::PROTOCOL_VERSION => {}
-        Preamble::Version(v) => {
-            return Err(Error::Version {
-                peer: v,
-                ours: wire::PROTOCOL_VERSION,
-            });
+    loop {
+        if opts.sessions {
+            // Between sessions the stream may end: the agent is done.
+            if std::io::BufRead::fill_buf(&mut inp).map_err(io)?.is_empty() {
+                return Ok(());
+            }
+        } else {
+            wire::write_preamble(&mut out).map_err(io)?;
         }
-        Preamble::NotWsync => {
-            return Err(Error::NoHandshake {
-                peer: "client".into(),
-                detail: "the client did not send the wsync preamble".into(),
-            });
+        match wire::read_preamble(&mut inp).map_err(io)? {
+            Preamble::Version(v) if v == wire::PROTOCOL_VERSION => {}
+            Preamble::Version(v) => {
+                return Err(Error::Version {
+                    peer: v,
+                    ours: wire::PROTOCOL_VERSION,
+                });
+            }
+            Preamble::NotWsync => {
+                return Err(Error::NoHandshake {
+                    peer: "client".into(),
+                    detail: "the client did not send the wsync preamble".into(),
+                });
+            }
+        }
+        if opts.sessions {
+            wire::write_preamble(&mut out).map_err(io)?;
+        }
+        let root = Root::new(root, opts.fsync);
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        send(
+            &mut out,
+            &Response::Hello {
+                host,
+                root: std::os::unix::ffi::OsStrExt::as_bytes(root.path().as_os_str()).to_vec(),
+            },
+        )?;
+        out.flush().map_err(io)?;
+        match session(&root, inp, &mut out, opts)? {
+            Some(next) => inp = next,
+            None => return Ok(()),
         }
     }
-    let host = gethostname::gethostname().to_string_lossy().into_owned();
-    send(
-        &mut out,
-        &Response::Hello {
-            host,
-            root: std::os::unix::ffi::OsStrExt::as_bytes(root.path().as_os_str()).to_vec(),
-        },
-    )?;
-    out.flush().map_err(io)?;
+}
 
+/// One client session: answers requests until the stream ends (`None`)
+/// or, in sessions mode, until `EndSession` (the input back, for the next).
+fn session<R: Read + Send + 'static, W: Write>(
+    root: &Root,
+    mut inp: BufReader<R>,
+    out: &mut BufWriter<W>,
+    opts: &ServeOptions,
+) -> Result<Option<BufReader<R>>, Error> {
+    let io = |source| Error::Io {
+        path: "<stdio>".into(),
+        source,
+    };
     let mut put: Option<Result<Put, Error>> = None;
     let mut put_rel: Vec<u8> = Vec::new();
     let mut pending: Pending = Vec::new();
@@ -196,14 +232,17 @@ pub fn serve<R: Read + Send + 'static, W: Write>(
     // Frames are read, inflated and decoded on their own thread, a few
     // ahead of the one being applied (bounded: memory stays small).
     let (ftx, frames) = mpsc::sync_channel::<Result<Request, FrameError>>(4);
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         loop {
             let r = wire::read_msg::<_, Request>(&mut inp).map(|(r, _)| r);
-            let stop = r.is_err();
+            // Nothing is read past a session's end: the next session's
+            // preamble is not a frame.
+            let stop = matches!(r, Err(_) | Ok(Request::EndSession));
             if ftx.send(r).is_err() || stop {
                 break;
             }
         }
+        inp
     });
     loop {
         let next = match frames.try_recv() {
@@ -218,9 +257,9 @@ pub fn serve<R: Read + Send + 'static, W: Write>(
         let req: Request = match next {
             Ok(r) => r,
             Err(FrameError::Closed) => {
-                committer.finish(&mut pending, &mut out)?;
+                committer.finish(&mut pending, out)?;
                 out.flush().map_err(io)?;
-                return Ok(());
+                return Ok(None);
             }
             Err(e) => return Err(frame_err(e)),
         };
@@ -229,18 +268,31 @@ pub fn serve<R: Read + Send + 'static, W: Write>(
             req,
             Request::PutBegin { .. } | Request::PutOps(_) | Request::PutEnd { .. }
         ) {
-            committer.finish(&mut pending, &mut out)?;
+            committer.finish(&mut pending, out)?;
             pending_bytes = 0;
         }
         match req {
             Request::Commit => {}
+            Request::EndSession => {
+                // A put left unfinished is dropped with its temp file.
+                drop(put.take());
+                send(out, &Response::SessionEnd)?;
+                out.flush().map_err(io)?;
+                if !opts.sessions {
+                    return Ok(None);
+                }
+                return match reader.join() {
+                    Ok(inp) => Ok(Some(inp)),
+                    Err(_) => Err(io(std::io::Error::other("the frame reader panicked"))),
+                };
+            }
             Request::Scan {
                 excludes,
                 include_vcs,
             } => {
                 let scanned = Excludes::new(root.path(), &excludes, include_vcs, false)
                     .and_then(|ex| root.scan(&ex));
-                send_scan(&mut out, scanned)?;
+                send_scan(out, scanned)?;
             }
             Request::ScanPaths {
                 paths,
@@ -249,14 +301,14 @@ pub fn serve<R: Read + Send + 'static, W: Write>(
             } => {
                 let scanned = Excludes::new(root.path(), &excludes, include_vcs, false)
                     .and_then(|ex| root.scan_paths(&ex, &paths));
-                send_scan(&mut out, scanned)?;
+                send_scan(out, scanned)?;
             }
             Request::Sigs { path } => {
                 let r = match root.signature(&path) {
                     Ok((sig, _)) => Response::Sigs(sig),
                     Err(e) => err_response(&path, &e),
                 };
-                send(&mut out, &r)?;
+                send(out, &r)?;
             }
             Request::Delta { path, sig } => {
                 let mut batch: Vec<Op> = Vec::new();
@@ -270,7 +322,7 @@ pub fn serve<R: Read + Send + 'static, W: Write>(
                     if batch_bytes >= OPS_BATCH_BYTES || batch.len() >= OPS_BATCH_COUNT {
                         batch_bytes = 0;
                         let ops = std::mem::take(&mut batch);
-                        if let Err(e) = send(&mut out, &Response::DeltaOps(ops)) {
+                        if let Err(e) = send(out, &Response::DeltaOps(ops)) {
                             let msg = e.to_string();
                             sink_err = Some(e);
                             return Err(std::io::Error::other(msg));
@@ -284,11 +336,11 @@ pub fn serve<R: Read + Send + 'static, W: Write>(
                 match result {
                     Ok((hash, meta)) => {
                         if !batch.is_empty() {
-                            send(&mut out, &Response::DeltaOps(batch))?;
+                            send(out, &Response::DeltaOps(batch))?;
                         }
-                        send(&mut out, &Response::DeltaEnd { hash, meta })?;
+                        send(out, &Response::DeltaEnd { hash, meta })?;
                     }
-                    Err(e) => send(&mut out, &err_response(&path, &e))?,
+                    Err(e) => send(out, &err_response(&path, &e))?,
                 }
             }
             Request::PutBegin {
@@ -330,13 +382,13 @@ pub fn serve<R: Read + Send + 'static, W: Write>(
                 }
                 pending.push((std::mem::take(&mut put_rel), r));
                 if pending.len() >= COMMIT_FILES || pending_bytes >= COMMIT_BYTES {
-                    committer.start(&mut pending, &mut out)?;
+                    committer.start(&mut pending, out)?;
                     pending_bytes = 0;
                 }
             }
             Request::Mkdir { path, expect } => {
                 let r = root.mkdir(&path, expect.as_ref());
-                send(&mut out, &done(&path, r.map(Some)))?;
+                send(out, &done(&path, r.map(Some)))?;
             }
             Request::Symlink {
                 path,
@@ -344,15 +396,15 @@ pub fn serve<R: Read + Send + 'static, W: Write>(
                 expect,
             } => {
                 let r = root.symlink(&path, &target, expect.as_ref());
-                send(&mut out, &done(&path, r.map(Some)))?;
+                send(out, &done(&path, r.map(Some)))?;
             }
             Request::Delete { path, expect } => {
                 let r = root.delete(&path, &expect);
-                send(&mut out, &done(&path, r.map(|()| None)))?;
+                send(out, &done(&path, r.map(|()| None)))?;
             }
             Request::Rename { from, to, expect } => {
                 let r = root.rename(&from, &to, &expect);
-                send(&mut out, &done(&from, r.map(Some)))?;
+                send(out, &done(&from, r.map(Some)))?;
             }
             Request::SetMeta {
                 path,
@@ -361,29 +413,29 @@ pub fn serve<R: Read + Send + 'static, W: Write>(
                 mtime_ns,
             } => {
                 let r = root.set_meta(&path, &expect, exec, mtime_ns);
-                send(&mut out, &done(&path, r.map(Some)))?;
+                send(out, &done(&path, r.map(Some)))?;
             }
             Request::Hash { path } => {
                 let r = match root.hash(&path) {
                     Ok(h) => Response::Hash(h),
                     Err(e) => err_response(&path, &e),
                 };
-                send(&mut out, &r)?;
+                send(out, &r)?;
             }
             Request::StateGet { pair } => {
                 let r = match root.state_get(&pair) {
                     Ok(s) => Response::State(s),
                     Err(e) => err_response(pair.as_bytes(), &e),
                 };
-                send(&mut out, &r)?;
+                send(out, &r)?;
             }
             Request::StatePut { pair, data } => {
                 let r = root.state_put(&pair, &data);
-                send(&mut out, &done(pair.as_bytes(), r.map(|()| None)))?;
+                send(out, &done(pair.as_bytes(), r.map(|()| None)))?;
             }
             Request::Watch => {
                 out.flush().map_err(io)?;
-                return watch_loop(&root, frames, out, opts);
+                return watch_loop(root, frames, out, opts).map(|()| None);
             }
         }
     }
@@ -431,7 +483,7 @@ enum WatchMsg {
 fn watch_loop<W: Write>(
     root: &Root,
     frames: mpsc::Receiver<Result<Request, FrameError>>,
-    mut out: BufWriter<W>,
+    out: &mut BufWriter<W>,
     opts: &ServeOptions,
 ) -> Result<(), Error> {
     use notify::Watcher as _;
@@ -478,7 +530,7 @@ fn watch_loop<W: Write>(
                     };
                     pending.clear();
                     rescan = false;
-                    send(&mut out, &Response::Notice(paths))?;
+                    send(out, &Response::Notice(paths))?;
                     out.flush().map_err(|source| Error::Io {
                         path: "<stdout>".into(),
                         source,

@@ -195,6 +195,9 @@ pub enum Request {
     Watch,
     /// Make pending puts durable and answer them.
     Commit,
+    /// The client is done: answered with `SessionEnd` (a server kept alive
+    /// by a session agent then waits for the next client's preamble).
+    EndSession,
 }
 
 /// Category of an error answered by the peer.
@@ -259,6 +262,8 @@ pub enum Response {
         /// Human message.
         message: String,
     },
+    /// The answer to `EndSession`: nothing of this session follows.
+    SessionEnd,
 }
 
 /// Writes the preamble.
@@ -416,6 +421,39 @@ pub fn read_msg<R: Read, T: for<'de> Deserialize<'de>>(
     r.read_exact(&mut body)?;
     let msg = decode_body(&body)?;
     Ok((msg, len + 4))
+}
+
+/// Reads one whole frame (length header included) without decoding it,
+/// checking only its length: for relaying frames unchanged.
+pub fn read_frame<R: Read>(r: &mut R) -> Result<Vec<u8>, FrameError> {
+    let mut head = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut head[got..]) {
+            Ok(0) if got == 0 => return Err(FrameError::Closed),
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = u32::from_be_bytes(head) as usize;
+    if len == 0 || len > MAX_FRAME {
+        return Err(FrameError::Malformed(format!(
+            "frame length {len} is outside 1..={MAX_FRAME}"
+        )));
+    }
+    let mut frame = vec![0u8; len + 4];
+    frame[..4].copy_from_slice(&head);
+    r.read_exact(&mut frame[4..])?;
+    Ok(frame)
+}
+
+/// Whether a whole frame (as [`read_frame`] returns it) is a small,
+/// uncompressed message equal to `msg` (how a relay spots session ends
+/// without decoding the bulk of the traffic).
+pub fn frame_is<T: Serialize>(frame: &[u8], msg: &T) -> bool {
+    frame.len() <= 64 && encode(msg).is_ok_and(|f| f == frame)
 }
 
 /// Decodes a frame body (flags byte + payload).

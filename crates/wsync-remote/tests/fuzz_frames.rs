@@ -109,6 +109,9 @@ fn serve_stream(stream: &[u8]) {
     let opts = ServeOptions {
         fsync: false,
         notice_delay: Duration::from_millis(1),
+        // Sessions mode too: an `EndSession` then starts another
+        // handshake on the rest of the input.
+        sessions: stream.len() % 2 == 1,
     };
     let _ = serve(&root, Cursor::new(input), std::io::sink(), &opts);
     assert_eq!(names(base.path()), ["outside", "root"]);

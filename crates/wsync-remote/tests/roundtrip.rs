@@ -368,3 +368,58 @@ fn unchanged_state_is_not_rewritten() {
     assert_ne!(inodes(b.path()), lb);
     assert_eq!(std::fs::read(b.path().join("three.txt")).unwrap(), b"3");
 }
+
+#[test]
+fn a_sessions_mode_server_serves_one_session_after_another() {
+    use wsync_remote::serve::{ServeOptions, serve};
+    use wsync_remote::wire::{self, Preamble, Request, Response};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    write(&root, "a.txt", b"a");
+    let scan = Request::Scan {
+        excludes: Vec::new(),
+        include_vcs: false,
+    };
+    let mut input = Vec::new();
+    for _ in 0..2 {
+        wire::write_preamble(&mut input).unwrap();
+        wire::write_msg(&mut input, &scan).unwrap();
+        wire::write_msg(&mut input, &Request::EndSession).unwrap();
+    }
+    let mut output = Vec::new();
+    let opts = ServeOptions {
+        sessions: true,
+        ..ServeOptions::default()
+    };
+    serve(&root, std::io::Cursor::new(input), &mut output, &opts).unwrap();
+    let mut r = std::io::Cursor::new(output);
+    for _ in 0..2 {
+        assert!(matches!(
+            wire::read_preamble(&mut r).unwrap(),
+            Preamble::Version(wire::PROTOCOL_VERSION)
+        ));
+        let mut kinds = Vec::new();
+        loop {
+            let (resp, _) = wire::read_msg::<_, Response>(&mut r).unwrap();
+            let end = resp == Response::SessionEnd;
+            kinds.push(match resp {
+                Response::Hello { .. } => "hello",
+                Response::ScanChunk(_) => "chunk",
+                Response::ScanEnd { .. } => "end",
+                Response::SessionEnd => "session-end",
+                _ => "other",
+            });
+            if end {
+                break;
+            }
+        }
+        assert_eq!(kinds.first(), Some(&"hello"));
+        assert_eq!(kinds.last(), Some(&"session-end"));
+        assert!(kinds.contains(&"end"), "{kinds:?}");
+    }
+    // Nothing after the second session: the end of the input ended it.
+    assert!(matches!(
+        wire::read_msg::<_, Response>(&mut r),
+        Err(wire::FrameError::Closed)
+    ));
+}

@@ -377,6 +377,9 @@ impl Target for ServeTarget {
         let opts = ServeOptions {
             fsync: false,
             notice_delay: Duration::from_millis(1),
+            // Half the runs as a session agent's server: an `EndSession`
+            // in the input then starts another handshake on the rest.
+            sessions: self.runs % 2 == 1,
         };
         let _ = serve(&self.root, Cursor::new(stream), std::io::sink(), &opts);
         self.check_outside()

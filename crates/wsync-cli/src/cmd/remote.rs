@@ -24,6 +24,52 @@ pub struct ServeArgs {
     /// Skip fsync (throwaway data and benchmarks only).
     #[arg(long, hide = true)]
     pub no_fsync: bool,
+    /// Serve one client session after another (run by a session agent).
+    #[arg(long, hide = true)]
+    pub sessions: bool,
+}
+
+/// `wsync remote-agent` (started by `wsync remote` runs themselves).
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The socket to answer on (in a private folder).
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// The remote shell, as for `wsync remote`.
+    #[arg(long, value_name = "CMD")]
+    pub rsh: Option<String>,
+    /// The wsync program on the far side.
+    #[arg(long, value_name = "PATH")]
+    pub remote_wsync: Option<String>,
+    /// An extra argument for the far `wsync serve` (repeatable).
+    #[arg(long = "serve-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub serve_args: Vec<String>,
+    /// Exit after this many seconds without a client.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub idle: u64,
+    /// The peer, `[USER@]HOST:PATH`.
+    pub peer: String,
+}
+
+/// Runs a session agent until it has been idle long enough.
+pub fn run_agent(args: &AgentArgs) -> Result<u8> {
+    let peer = PeerSpec::parse(&args.peer)?;
+    let opts = ConnectOptions {
+        rsh: args.rsh.clone(),
+        remote_wsync: args.remote_wsync.clone(),
+        serve_args: args.serve_args.clone(),
+        ..ConnectOptions::default()
+    };
+    wsync_remote::agent::run_agent(
+        &args.socket,
+        &peer,
+        &opts,
+        &wsync_remote::agent::AgentOptions {
+            idle: std::time::Duration::from_secs(args.idle),
+        },
+    )
+    .with_context(|| format!("session agent for {}", args.peer))?;
+    Ok(exit::SUCCESS)
 }
 
 /// `wsync remote`: sync a folder with another machine over SSH.
@@ -83,8 +129,9 @@ pub struct TransferArgs {
     /// Allow a missing or emptied root to propagate deletions.
     #[arg(long)]
     pub allow_mass_delete: bool,
-    /// Keep the ssh connection open for 60 s and reuse it on the next run
-    /// (ssh ControlMaster); on by default without `--rsh`.
+    /// Keep the connection — and a `wsync serve` on the far side — open
+    /// for 60 s and reuse it on the next run (a session agent, plus ssh
+    /// ControlMaster); on by default without `--rsh`.
     #[arg(long, overrides_with = "no_ssh_reuse")]
     pub ssh_reuse: bool,
     /// Open a fresh ssh connection every run.
@@ -158,6 +205,7 @@ fn ssh_control_dir() -> Option<PathBuf> {
 pub fn run_serve(args: &ServeArgs) -> Result<u8> {
     let opts = ServeOptions {
         fsync: !args.no_fsync,
+        sessions: args.sessions,
         ..ServeOptions::default()
     };
     wsync_remote::serve::serve(&args.root, std::io::stdin(), std::io::stdout(), &opts)
@@ -200,6 +248,7 @@ enum Mode {
 }
 
 fn connect_options(t: &TransferArgs) -> Result<ConnectOptions> {
+    let reuse = !t.no_ssh_reuse && (t.ssh_reuse || t.rsh.is_none());
     Ok(ConnectOptions {
         rsh: t.rsh.clone(),
         remote_wsync: t.remote_wsync.clone(),
@@ -209,11 +258,8 @@ fn connect_options(t: &TransferArgs) -> Result<ConnectOptions> {
         } else {
             Vec::new()
         },
-        ssh_control_dir: if !t.no_ssh_reuse && (t.ssh_reuse || t.rsh.is_none()) {
-            ssh_control_dir()
-        } else {
-            None
-        },
+        ssh_control_dir: if reuse { ssh_control_dir() } else { None },
+        agent: reuse,
     })
 }
 
