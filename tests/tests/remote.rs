@@ -924,6 +924,14 @@ fn a_session_agent_serves_later_runs_and_survives_crashes() {
         })
     });
     assert!(started, "the transfer never started");
+    // Meanwhile another run for the same peer does not wait for the busy
+    // agent: it connects directly after a short wait for its turn.
+    let out = push_cmd()
+        .arg("--dry-run")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
     child.kill();
     if let Ok(got) = std::fs::read(b.join("big.bin")) {
         assert!(got == big, "partial file at the final path");

@@ -25,6 +25,13 @@ use crate::Error;
 use crate::conn::{ConnectOptions, PeerSpec, serve_command};
 use crate::wire::{self, Request, Response};
 
+/// The byte an agent sends a client when it starts relaying for it (a
+/// client waits a little for it, then connects directly instead).
+pub const READY: u8 = 0x06;
+
+/// How long a client waits for its turn at a busy agent.
+pub const TURN_WAIT: Duration = Duration::from_secs(2);
+
 /// How an agent behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentOptions {
@@ -182,6 +189,11 @@ fn relay(
     to_server: &mut BufWriter<ChildStdin>,
     from_server: &mut BufReader<ChildStdout>,
 ) -> Result<(), Error> {
+    // Tell the client it is its turn (a client that gave up waiting is
+    // gone: nothing was started for it).
+    if (&*client).write_all(&[READY]).is_err() {
+        return Ok(());
+    }
     // The client's preamble first; a client gone before sending it has
     // started nothing.
     let _ = client.set_read_timeout(Some(Duration::from_secs(30)));

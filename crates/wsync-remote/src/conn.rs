@@ -245,6 +245,17 @@ impl Conn {
                 }
             }
         };
+        // The agent serves one client at a time: wait a little for our
+        // turn, else connect directly.
+        stream
+            .set_read_timeout(Some(crate::agent::TURN_WAIT))
+            .ok()?;
+        let mut turn = [0u8; 1];
+        (&stream).read_exact(&mut turn).ok()?;
+        if turn != [crate::agent::READY] {
+            return None;
+        }
+        stream.set_read_timeout(None).ok()?;
         let input = stream.try_clone().ok()?;
         let output = stream.try_clone().ok()?;
         let mut c = Self::from_streams(&peer.label(), input, output).ok()?;

@@ -161,6 +161,12 @@ pub fn watch_events(
     events: mpsc::Receiver<notify::Result<notify::Event>>,
     on_event: &mut dyn FnMut(WatchEvent<'_>) -> ControlFlow<()>,
 ) -> Result<(), Error> {
+    // A watch holds its session for hours: never through a session agent,
+    // which serves one client at a time and would keep others waiting.
+    let copts = &ConnectOptions {
+        agent: false,
+        ..copts.clone()
+    };
     let (tx, rx) = mpsc::channel::<Wake>();
     let ltx = tx.clone();
     std::fs::create_dir_all(local).map_err(|source| Error::Io {
