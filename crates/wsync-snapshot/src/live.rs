@@ -99,6 +99,8 @@ struct Baseline {
     full_scan_at: Instant,
     /// The stage-0 index entries it scanned against.
     tracked: Vec<Tracked>,
+    /// The index file's stamp then: unchanged, its entries are too.
+    index_stamp: Option<Stamp>,
     /// Paths that differed from the index (to look at again).
     dirty: BTreeSet<Vec<u8>>,
     /// Files whose change alters ignore rules, with their stat stamps.
@@ -229,7 +231,7 @@ impl LiveScan {
         // file changed (libgit2 compares its stat stamp). It is never
         // written back.
         let index_path = self.repo.path().join("index");
-        let index_stamp = stamp(&index_path);
+        let before = stamp(&index_path);
         let mut index = self
             .repo
             .index()
@@ -237,16 +239,30 @@ impl LiveScan {
         index
             .read(false)
             .map_err(git_err(&index_path, "cannot read the index"))?;
-        let index_mtime = index_stamp.map(|s| s.mtime);
+        let after = stamp(&index_path);
+        let index_mtime = after.map(|s| s.mtime);
+        // Which index was read is only certain when the file stood still
+        // around the read.
+        let index_stamp = if before == after { after } else { None };
         let result = match plan {
-            Ok((baseline, candidates)) => {
+            Ok((mut baseline, candidates)) => {
                 self.stats.incremental_scans += 1;
                 let watcher = &mut self.watcher;
                 let unwatched = &mut self.unwatched;
+                // The same index file: the same entries (no need to list
+                // and compare them again).
+                let mut same_index = (index_stamp.is_some() && baseline.index_stamp == index_stamp)
+                    .then(|| std::mem::take(&mut baseline.tracked));
                 let mut scan = |i: &ScanInput<'_>| {
-                    let tracked = scan::tracked_of(i.index);
                     let mut candidates = candidates.clone();
-                    index_changes(&baseline.tracked, &tracked, &mut candidates);
+                    let tracked = match same_index.take() {
+                        Some(tracked) => tracked,
+                        None => {
+                            let tracked = scan::tracked_of(i.index);
+                            index_changes(&baseline.tracked, &tracked, &mut candidates);
+                            tracked
+                        }
+                    };
                     let mut on_dir = |dir: &Path| {
                         // The folder is scanned now; if it cannot be
                         // watched, the next capture must scan everything.
@@ -310,6 +326,7 @@ impl LiveScan {
             self.baseline = Some(Baseline {
                 full_scan_at,
                 tracked: outcome.scan.tracked,
+                index_stamp,
                 dirty: outcome.changed,
                 ignore_files: self.ignore_files(),
             });

@@ -168,6 +168,17 @@ impl Drop for LiveCapture {
     }
 }
 
+/// Writes back what earlier steps left dirty (untimed), so that no
+/// approach's fsyncs pay for another's writes: ext4 commits its journal
+/// for everyone at an fsync.
+fn flush() -> Result<()> {
+    let status = Command::new("sync").status().context("cannot run sync")?;
+    if !status.success() {
+        bail!("sync failed: {status}");
+    }
+    Ok(())
+}
+
 /// Runs the snapshot benchmarks.
 pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
     let (files, runs) = if ctx.quick { (10_000, 7) } else { (10_000, 31) };
@@ -216,6 +227,7 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
             modify(&work, files, round)?;
             std::thread::sleep(Duration::from_millis(60));
         }
+        flush()?;
         // wsync, a long-lived process watching the tree (the daemon's
         // way): the first capture scans everything.
         let (e, incremental) = live.capture()?;
@@ -223,6 +235,7 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
             live_t.push(e);
             live_incremental += usize::from(incremental);
         }
+        flush()?;
         // wsync, in-process.
         let before = du(&objects) + du(&state);
         let t = Instant::now();
@@ -233,6 +246,7 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
             lib.push(e);
             wsync_disk += grown;
         }
+        flush()?;
         // wsync, through the CLI.
         let t = Instant::now();
         let status = Command::new(&ctx.wsync)
@@ -253,6 +267,7 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
         if keep {
             cli.push(t.elapsed());
         }
+        flush()?;
         // The old system: a bundle of everything plus the diff, per sync.
         let before = du(&old);
         let t = Instant::now();
@@ -273,7 +288,9 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
         )?;
         let diff = git(&work, &["diff", "HEAD"])?;
         std::fs::write(format!("{}.diff", base.display()), diff)?;
-        let st = git(&work, &["status", "--porcelain"])?;
+        // Without rewriting the index (a refresh would be a side effect
+        // on the other approaches sharing this repository).
+        let st = git(&work, &["--no-optional-locks", "status", "--porcelain"])?;
         let count = st.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
         std::fs::write(
             format!("{}.meta", base.display()),
@@ -287,6 +304,7 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
         for ext in ["bundle", "diff", "meta"] {
             std::fs::remove_file(format!("{}.{ext}", base.display()))?;
         }
+        flush()?;
         // git add -A into a temporary index, write-tree, commit-tree.
         let before = du(&objects);
         let t = Instant::now();
@@ -320,6 +338,7 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
     for round in 1..=runs.min(15) {
         modify(&work, files, round)?;
         std::thread::sleep(Duration::from_millis(60));
+        flush()?;
         // Through the release binary (xtask itself is a dev build).
         let t = Instant::now();
         let status = Command::new(&ctx.wsync)
