@@ -225,7 +225,7 @@ fn pause_waits_for_a_writer_then_blocks_new_writers() {
     );
     wait_file(dir, "w.started");
     let pause_script = "test -e w.done && echo acked > p.ok; \
-                        cat .wsync/sync-pause.lock > p.content; \
+                        cat .wsync/sync-pause.lock > p.tmp && mv p.tmp p.content; \
                         while [ ! -e g2.launched ]; do sleep 0.05; done; \
                         sleep 1.5; touch p.done";
     let mut args = vec!["pause", "run", "--reason", "e2e pause"];
