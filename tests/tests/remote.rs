@@ -45,6 +45,16 @@ fn fill(root: &Path) {
     write(root, "data/big.bin", &big);
 }
 
+/// Whether folder `d` holds a transfer's temp file (a transfer is under way).
+fn has_temp_file(d: &Path) -> bool {
+    std::fs::read_dir(d).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .as_bytes()
+            .starts_with(b".wsync-tmp.")
+    })
+}
+
 /// `len` bytes of incompressible xorshift noise (`len` a multiple of 8).
 fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed;
@@ -302,12 +312,7 @@ fn sigkill_mid_transfer_leaves_no_partial_file_and_rerun_completes() {
         .spawn()
         .unwrap();
     let mut child = KillOnDrop(child);
-    let started = wait_until(Duration::from_secs(30), || {
-        std::fs::read_dir(&b).unwrap().any(|e| {
-            let n = e.unwrap().file_name();
-            n.as_bytes().starts_with(b".wsync-tmp.")
-        })
-    });
+    let started = wait_until(Duration::from_secs(30), || has_temp_file(&b));
     assert!(started, "the transfer never started");
     child.kill();
     // Whatever happened, the final path holds nothing or the whole file.
@@ -469,14 +474,6 @@ fn sigkill_of_the_server_mid_transfer_is_a_clear_error_and_rerun_completes() {
     std::fs::create_dir_all(&b).unwrap();
     let big = noise(96 * 1024 * 1024, 0x2545_f491_4f6c_dd1du64);
     let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
-    let tmp_in = |d: &Path| {
-        std::fs::read_dir(d).unwrap().any(|e| {
-            e.unwrap()
-                .file_name()
-                .as_bytes()
-                .starts_with(b".wsync-tmp.")
-        })
-    };
     // push: the server (receiver) dies; pull: the server (sender) dies.
     for (verb, from, to) in [("push", &a, &b), ("pull", &b, &a)] {
         std::fs::write(from.join("big.bin"), &big).unwrap();
@@ -487,7 +484,7 @@ fn sigkill_of_the_server_mid_transfer_is_a_clear_error_and_rerun_completes() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let started = wait_until(Duration::from_secs(30), || tmp_in(to));
+        let started = wait_until(Duration::from_secs(30), || has_temp_file(to));
         assert!(started, "{verb}: the transfer never started");
         let pids = serve_pids(&b);
         assert_eq!(pids.len(), 1, "{verb}: {pids:?}");
@@ -509,7 +506,7 @@ fn sigkill_of_the_server_mid_transfer_is_a_clear_error_and_rerun_completes() {
         }
         if verb == "pull" {
             // The client cleaned up its own temp file.
-            assert!(!tmp_in(&a), "pull left a temp file behind");
+            assert!(!has_temp_file(&a), "pull left a temp file behind");
         }
         wsync_ok(dir.path(), &["remote", verb, a_s, b_s]);
         assert!(std::fs::read(to.join("big.bin")).unwrap() == big, "{verb}");
@@ -917,12 +914,7 @@ fn a_session_agent_serves_later_runs_and_survives_crashes() {
             .spawn()
             .unwrap(),
     );
-    let started = wait_until(Duration::from_secs(30), || {
-        std::fs::read_dir(&b).unwrap().any(|e| {
-            let n = e.unwrap().file_name();
-            n.as_bytes().starts_with(b".wsync-tmp.")
-        })
-    });
+    let started = wait_until(Duration::from_secs(30), || has_temp_file(&b));
     assert!(started, "the transfer never started");
     // Meanwhile another run for the same peer does not wait for the busy
     // agent: it connects directly after a short wait for its turn.

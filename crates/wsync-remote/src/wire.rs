@@ -400,27 +400,9 @@ pub fn write_msg<W: Write, T: Serialize>(w: &mut W, msg: &T) -> Result<usize, Fr
 pub fn read_msg<R: Read, T: for<'de> Deserialize<'de>>(
     r: &mut R,
 ) -> Result<(T, usize), FrameError> {
-    let mut head = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        match r.read(&mut head[got..]) {
-            Ok(0) if got == 0 => return Err(FrameError::Closed),
-            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let len = u32::from_be_bytes(head) as usize;
-    if len == 0 || len > MAX_FRAME {
-        return Err(FrameError::Malformed(format!(
-            "frame length {len} is outside 1..={MAX_FRAME}"
-        )));
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)?;
-    let msg = decode_body(&body)?;
-    Ok((msg, len + 4))
+    let frame = read_frame(r)?;
+    let msg = decode_body(frame.get(4..).unwrap_or_default())?;
+    Ok((msg, frame.len()))
 }
 
 /// Reads one whole frame (length header included) without decoding it,

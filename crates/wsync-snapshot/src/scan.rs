@@ -392,31 +392,9 @@ fn untracked(
     if abs.join(".git").symlink_metadata().is_ok() {
         return Ok(());
     }
-    let listing = match std::fs::read_dir(&abs) {
-        Ok(l) => l,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-            ) =>
-        {
-            return Ok(());
-        }
-        Err(source) => return Err(Error::Io { path: abs, source }),
+    let Some(mut children) = children_of(&abs, &rel)? else {
+        return Ok(());
     };
-    let mut children = Vec::new();
-    for entry in listing {
-        let entry = entry.map_err(|source| Error::Io {
-            path: abs.clone(),
-            source,
-        })?;
-        let name = entry.file_name();
-        if name.as_bytes() == b".git" {
-            continue;
-        }
-        let child_is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-        children.push((join(&rel, name.as_bytes()), child_is_dir));
-    }
     children.sort();
     for (child, child_is_dir) in children {
         untracked(repo, root, child, child_is_dir, out)?;
@@ -500,6 +478,45 @@ pub(crate) fn scan_candidates(
         tracked: Vec::new(),
     };
     Ok(Scan { tracked, ..scan })
+}
+
+/// A folder's entries: (relative path, is a folder).
+type Children = Vec<(Vec<u8>, bool)>;
+
+/// The entries of folder `abs` (relative path `rel`) except `.git`;
+/// `None` when it is gone or not a folder.
+fn children_of(abs: &Path, rel: &[u8]) -> Result<Option<Children>> {
+    let listing = match std::fs::read_dir(abs) {
+        Ok(l) => l,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(source) => {
+            return Err(Error::Io {
+                path: abs.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut children = Vec::new();
+    for entry in listing {
+        let entry = entry.map_err(|source| Error::Io {
+            path: abs.to_path_buf(),
+            source,
+        })?;
+        let name = entry.file_name();
+        if name.as_bytes() == b".git" {
+            continue;
+        }
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        children.push((join(rel, name.as_bytes()), is_dir));
+    }
+    Ok(Some(children))
 }
 
 /// Whether `tracked` (in path order) has an entry below folder `dir`.
@@ -652,31 +669,9 @@ impl Partial<'_, '_> {
             return Ok(());
         }
         (self.on_dir)(&abs);
-        let listing = match std::fs::read_dir(&abs) {
-            Ok(l) => l,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-                ) =>
-            {
-                return Ok(());
-            }
-            Err(source) => return Err(Error::Io { path: abs, source }),
+        let Some(children) = children_of(&abs, rel)? else {
+            return Ok(());
         };
-        let mut children = Vec::new();
-        for entry in listing {
-            let entry = entry.map_err(|source| Error::Io {
-                path: abs.clone(),
-                source,
-            })?;
-            let name = entry.file_name();
-            if name.as_bytes() == b".git" {
-                continue;
-            }
-            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-            children.push((join(rel, name.as_bytes()), is_dir));
-        }
         for (child, is_dir) in children {
             if is_dir {
                 self.walk(&child)?;

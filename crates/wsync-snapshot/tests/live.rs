@@ -5,11 +5,14 @@
 //! captures. Plus the fallbacks to a full scan.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
+use common::{make_room, remove};
 use proptest::prelude::*;
 use wsync_snapshot::{CaptureOptions, LiveOptions, LiveScan, Snapshot, SnapshotStore};
 use wsync_testutils::{TestRepo, git_output};
@@ -62,27 +65,6 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn rel(i: usize) -> &'static Path {
     Path::new(OsStr::from_bytes(PATHS[i]))
-}
-
-fn remove(path: &Path) {
-    match path.symlink_metadata() {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path).unwrap(),
-        Ok(_) => std::fs::remove_file(path).unwrap(),
-        Err(_) => {}
-    }
-}
-
-fn make_room(root: &Path, abs: &Path) {
-    let rel = abs.strip_prefix(root).unwrap();
-    let mut dir = root.to_path_buf();
-    for comp in rel.parent().unwrap().components() {
-        dir.push(comp);
-        if dir.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
-            std::fs::remove_file(&dir).unwrap();
-        }
-    }
-    std::fs::create_dir_all(abs.parent().unwrap()).unwrap();
-    remove(abs);
 }
 
 fn apply(repo: &TestRepo, op: &Op) {

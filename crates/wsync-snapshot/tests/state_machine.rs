@@ -4,12 +4,15 @@
 //! changes nothing, and ignored files are never touched.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
+use common::{make_room, remove};
 use proptest::prelude::*;
 use wsync_snapshot::{CaptureOptions, RestoreOptions, SnapshotStore};
 use wsync_testutils::{TestRepo, git_output};
@@ -59,30 +62,6 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn rel(i: usize) -> &'static Path {
     Path::new(OsStr::from_bytes(PATHS[i]))
-}
-
-fn remove(path: &Path) {
-    match path.symlink_metadata() {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path).unwrap(),
-        Ok(_) => std::fs::remove_file(path).unwrap(),
-        Err(_) => {}
-    }
-}
-
-/// Makes room for a file at `abs`: files or symlinks standing where its
-/// folders must be go away (the file ↔ folder transitions), so does a
-/// folder at `abs` itself.
-fn make_room(root: &Path, abs: &Path) {
-    let rel = abs.strip_prefix(root).unwrap();
-    let mut dir = root.to_path_buf();
-    for comp in rel.parent().unwrap().components() {
-        dir.push(comp);
-        if dir.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
-            std::fs::remove_file(&dir).unwrap();
-        }
-    }
-    std::fs::create_dir_all(abs.parent().unwrap()).unwrap();
-    remove(abs);
 }
 
 fn apply(repo: &TestRepo, op: &Op) {
