@@ -318,6 +318,37 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
         "wsync push --no-fsync",
     )?;
     settle();
+    // The floor for any tool over this transport: one tar stream through
+    // the same ssh, nothing checked, nothing fsynced, nothing compared.
+    let tar_pipe = |dest: &Path, zstd: bool| {
+        let (z, unz) = if zstd {
+            ("| zstd -1 -q -c ", "zstd -d -q -c | ")
+        } else {
+            ("", "")
+        };
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(format!(
+            "tar -C {src} -cf - . {z}| {ssh} {dest_host} 'mkdir -p {dest} && {unz}tar -C {dest} -xf -'",
+            src = src.display(),
+            ssh = env.ssh,
+            dest_host = env.dest,
+            dest = dest.display(),
+        ));
+        c
+    };
+    let (tt, _) = exec(tar_pipe(&w.join("dst-tar"), false), "tar | ssh | tar")?;
+    settle();
+    let have_zstd = Command::new("zstd")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let tz = if have_zstd {
+        let t = exec(tar_pipe(&w.join("dst-tar-zstd"), true), "tar | zstd | ssh")?.0;
+        settle();
+        Some(t)
+    } else {
+        None
+    };
     let label = format!("initial copy ({n} files, {:.0} MB)", bytes as f64 / 1e6);
     rows.push(Row::versus(&label, ms(tw), "rsync -a", ms(tr), "ms").goal("≤ 0.8×"));
     rows.push(Row::versus(&label, ms(tw), "unison", ms(tu), "ms"));
@@ -328,6 +359,22 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
         ms(tr),
         "ms",
     ));
+    rows.push(Row::versus(
+        format!("{label}: floor, `tar -c | ssh | tar -x` (no checks, no fsync)"),
+        ms(tt),
+        "rsync -a",
+        ms(tr),
+        "ms",
+    ));
+    if let Some(tz) = tz {
+        rows.push(Row::versus(
+            format!("{label}: floor, `tar -c | zstd -1 | ssh | zstd -d | tar -x`"),
+            ms(tz),
+            "rsync -a",
+            ms(tr),
+            "ms",
+        ));
+    }
 
     // No-op re-sync.
     let reps = if ctx.quick { 3 } else { 5 };
