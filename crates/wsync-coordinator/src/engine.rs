@@ -906,6 +906,12 @@ impl SyncEngine {
             }
         }
         let t = Instant::now();
+        // The tree first: writing it fills the index's tree cache, which is
+        // then saved with the index, so the next snapshot, `git status` and
+        // `git commit` reuse it instead of rebuilding every tree.
+        let mut tree_id = index
+            .write_tree()
+            .map_err(Error::git(ws, "write the tree"))?;
         index.write().map_err(Error::git(ws, "write the index"))?;
         tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "index write");
         if !unstage.is_empty() {
@@ -925,10 +931,11 @@ impl SyncEngine {
                 }
             }
             index = repo.index().map_err(Error::git(ws, "read the index"))?;
+            tree_id = index
+                .write_tree()
+                .map_err(Error::git(ws, "write the tree"))?;
+            index.write().map_err(Error::git(ws, "write the index"))?;
         }
-        let tree_id = index
-            .write_tree()
-            .map_err(Error::git(ws, "write the tree"))?;
         if head.as_ref().map(Commit::tree_id) == Some(tree_id)
             || (head.is_none() && files.is_empty())
         {

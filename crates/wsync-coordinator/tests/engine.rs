@@ -101,6 +101,44 @@ fn edits_on_both_sides_converge() {
     assert_eq!(result["pushed"], true);
 }
 
+/// The root entry count of the index's cache-tree extension (`TREE`),
+/// or `None` without one: -1 means "invalid, rebuild every tree".
+fn index_tree_cache_root(repo: &TestRepo) -> Option<i64> {
+    let data = std::fs::read(repo.path().join(".git/index")).unwrap();
+    // Header (12 bytes) and entries come first; extensions follow. The
+    // first "TREE" after the entries is the extension's signature.
+    let at = data.windows(4).rposition(|w| w == b"TREE")?;
+    let body = &data[at + 8..];
+    let nul = body.iter().position(|&b| b == 0)?;
+    let rest = &body[nul + 1..];
+    let space = rest.iter().position(|&b| b == b' ')?;
+    std::str::from_utf8(&rest[..space]).ok()?.parse().ok()
+}
+
+#[test]
+fn a_sync_commit_leaves_the_index_tree_cache_valid() {
+    let remote = TestRemote::new();
+    let a = Side::new(&remote, "a");
+    for i in 0..20 {
+        a.repo
+            .write(format!("dir{}/f{i}.txt", i % 4), format!("{i}\n"));
+    }
+    a.sync();
+    a.repo.write("dir1/f1.txt", "edited\n");
+    a.repo.write("new.txt", "new\n");
+    let r = a.sync();
+    assert_eq!(r.commits.len(), 1);
+    // Written with the commit's tree, so the next snapshot, `git status`
+    // and `git commit` reuse it instead of rebuilding every tree.
+    assert_eq!(
+        index_tree_cache_root(&a.repo),
+        Some(22),
+        "a valid root entry"
+    );
+    let tree = git(a.repo.path(), &["write-tree"]);
+    assert_eq!(tree, git(a.repo.path(), &["rev-parse", "HEAD^{tree}"]));
+}
+
 #[test]
 fn old_snapshots_are_cleaned_after_each_run() {
     let remote = TestRemote::new();

@@ -394,8 +394,8 @@ impl ProcessLayer {
     fn system_pids(&self, pids: &[u32]) -> (Vec<u32>, usize) {
         let mut system = Vec::new();
         let mut unknown = 0;
-        for &pid in pids {
-            match self.system_match(pid) {
+        for (&pid, found) in pids.iter().zip(self.system_matches(pids)) {
+            match found {
                 Some((Some(_), _)) => system.push(pid),
                 Some((None, _)) => {}
                 // Exited meanwhile, or not ours to read.
@@ -413,21 +413,65 @@ impl ProcessLayer {
     /// Whether `pid`'s command line matches a system pattern (the index),
     /// and the command line; `None` if it cannot be read.
     fn system_match(&self, pid: u32) -> Option<(Option<usize>, String)> {
+        self.system_matches(&[pid]).pop().flatten()
+    }
+
+    /// [`Self::system_match`] for many pids: the ones not cached (or
+    /// cached for an earlier process with that pid) are read through one
+    /// `sysinfo` refresh, which lists `/proc` once whatever their number.
+    fn system_matches(&self, pids: &[u32]) -> Vec<Option<(Option<usize>, String)>> {
         let now = self.clock.now();
-        let start = start_time(pid);
-        let mut cache = self.pids.lock().ok()?;
-        if let Some(info) = cache.pids.get(&pid)
-            && now.saturating_duration_since(info.at) < self.ttl
-            && info.start == start
-        {
-            return Some((info.pattern, info.cmd.clone()));
+        let Ok(mut cache) = self.pids.lock() else {
+            return vec![None; pids.len()];
+        };
+        let mut out = vec![None; pids.len()];
+        let mut stale = Vec::new();
+        for (slot, &pid) in out.iter_mut().zip(pids) {
+            let start = start_time(pid);
+            match cache.pids.get(&pid) {
+                Some(info)
+                    if now.saturating_duration_since(info.at) < self.ttl && info.start == start =>
+                {
+                    *slot = Some((info.pattern, info.cmd.clone()));
+                }
+                _ => stale.push((pid, start)),
+            }
         }
-        let spid = sysinfo::Pid::from_u32(pid);
+        if stale.is_empty() {
+            return out;
+        }
+        let spids: Vec<sysinfo::Pid> = stale
+            .iter()
+            .map(|&(pid, _)| sysinfo::Pid::from_u32(pid))
+            .collect();
         cache.sys.refresh_processes_specifics(
-            sysinfo::ProcessesToUpdate::Some(&[spid]),
+            sysinfo::ProcessesToUpdate::Some(&spids),
             true,
-            sysinfo::ProcessRefreshKind::nothing().with_cmd(sysinfo::UpdateKind::Always),
+            sysinfo::ProcessRefreshKind::nothing()
+                .without_tasks()
+                .with_cmd(sysinfo::UpdateKind::Always),
         );
+        for (pid, start) in stale {
+            let found = self.read_match(&mut cache, pid, start, now);
+            if let Some(i) = pids.iter().position(|&p| p == pid)
+                && let Some(slot) = out.get_mut(i)
+            {
+                *slot = found;
+            }
+        }
+        out
+    }
+
+    /// The command line `sysinfo` (just refreshed) has for `pid`, matched
+    /// and cached.
+    fn read_match(
+        &self,
+        cache: &mut PidCache,
+        pid: u32,
+        start: Option<u64>,
+        now: Instant,
+    ) -> Option<(Option<usize>, String)> {
+        let spid = sysinfo::Pid::from_u32(pid);
         let cmd = cache.sys.process(spid).map(|p| {
             let parts: Vec<String> = p
                 .cmd()
@@ -648,6 +692,39 @@ mod tests {
             layer.pids.lock().unwrap().pids.get(&me).unwrap().start,
             start_time(me)
         );
+    }
+
+    #[test]
+    fn many_pids_are_matched_in_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let config = FilterConfig {
+            system_process_patterns: vec!["^sleep 30$".into()],
+            ..FilterConfig::default()
+        };
+        let layer = ProcessLayer::new(dir.path(), dir.path(), &config).unwrap();
+        let me = std::process::id();
+        let gone = u32::MAX - 7; // no such pid
+        let pids = [me, child.id(), gone];
+        let found = layer.system_matches(&pids);
+        assert_eq!(found.len(), 3);
+        let mine = found[0].as_ref().unwrap();
+        assert!(mine.0.is_none(), "this test is not a system process");
+        let sleeper = found[1].as_ref().unwrap();
+        assert_eq!(sleeper.0, Some(0), "{sleeper:?}");
+        assert_eq!(sleeper.1, "sleep 30");
+        assert!(found[2].is_none(), "a pid that does not exist");
+        // Answers agree with the one-pid path and come from the cache.
+        assert_eq!(layer.system_match(child.id()), found[1]);
+        assert!(layer.cached(child.id()).is_some());
+        let (system, unknown) = layer.system_pids(&pids);
+        assert_eq!(system, vec![child.id()]);
+        assert_eq!(unknown, 0);
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

@@ -145,6 +145,7 @@ impl RuleSet {
     /// error names the first bad line; nothing is half-loaded.
     pub fn parse(text: &str, origin: &str) -> Result<Self, Error> {
         let mut rules = Vec::new();
+        let mut lines = Vec::new();
         for (idx, raw) in text.lines().enumerate() {
             let line_no = idx + 1;
             let line = raw.trim();
@@ -185,32 +186,37 @@ impl RuleSet {
                     message: "empty regex".into(),
                 });
             }
-            // Compile each one alone first so the error names its line.
-            // Compile the regex as written first so the error shows it
-            // without our anchoring.
-            if let Err(source) =
-                regex::Regex::new(regex).and_then(|_| regex::Regex::new(&anchored(regex)))
-            {
-                return Err(Error::RuleRegex {
-                    file: PathBuf::from(origin),
-                    line: line_no,
-                    regex: regex.to_owned(),
-                    source,
-                });
-            }
             rules.push(Rule {
                 action,
                 regex: regex.to_owned(),
                 description: description.to_owned(),
                 source: format!("{origin}:{line_no}"),
             });
+            lines.push(line_no);
         }
-        let set = RegexSet::new(rules.iter().map(|r| anchored(&r.regex))).map_err(|source| {
+        // One compilation for the whole set (compiling each rule alone as
+        // well would triple the start-up cost of every run); only when the
+        // set fails is each rule compiled alone, so the error names its line.
+        let set = RegexSet::new(rules.iter().map(|r| anchored(&r.regex))).map_err(|set_err| {
+            for (rule, &line) in rules.iter().zip(&lines) {
+                // The regex as written first, so the error shows it without
+                // our anchoring.
+                if let Err(source) = regex::Regex::new(&rule.regex)
+                    .and_then(|_| regex::Regex::new(&anchored(&rule.regex)))
+                {
+                    return Error::RuleRegex {
+                        file: PathBuf::from(origin),
+                        line,
+                        regex: rule.regex.clone(),
+                        source,
+                    };
+                }
+            }
             Error::RuleRegex {
                 file: PathBuf::from(origin),
                 line: 0,
                 regex: "(the whole set)".into(),
-                source,
+                source: set_err,
             }
         })?;
         Ok(Self { rules, set })
