@@ -573,6 +573,13 @@ impl SyncEngine {
             drop(guard);
             return Ok(report);
         }
+        // The fetch runs beside the snapshot and the commit: it only moves
+        // the remote-tracking ref, which neither of them reads.
+        let mut early = if opts.mode == SyncMode::Push {
+            None
+        } else {
+            Some(git::FetchInFlight::start(&self.workspace, &target)?)
+        };
         let gate = PauseGate::new(&self.state_dir);
         let pause = gate.pause(&PauseOptions {
             reason: format!("wsync {} ({})", opts.mode.as_str(), opts.reason),
@@ -615,7 +622,10 @@ impl SyncEngine {
             &mut journal,
             &mut report,
             &mut clock,
+            &mut early,
         );
+        // Never left running behind a rollback.
+        drop(early);
         let result = match outcome {
             Ok(()) => {
                 conflicts::append_conflicts(&self.state_dir, &report.conflicts)?;
@@ -719,6 +729,7 @@ impl SyncEngine {
         journal: &mut Journal,
         report: &mut SyncReport,
         clock: &mut Clock,
+        early: &mut Option<git::FetchInFlight>,
     ) -> Result<(), Error> {
         let t = Instant::now();
         let classifier = self.classifier()?;
@@ -728,7 +739,9 @@ impl SyncEngine {
         let unborn = git::ref_oid(repo, &target.local_ref()).is_none();
         let integrate_first = unborn && opts.mode != SyncMode::Push;
         if integrate_first {
-            self.fetch_and_integrate(repo, target, &classifier, opts, journal, report, clock)?;
+            self.fetch_and_integrate(
+                repo, target, &classifier, opts, journal, report, clock, early,
+            )?;
         }
         check_cancel(opts, "commit")?;
         journal.advance(&self.state_dir, "commit")?;
@@ -751,10 +764,16 @@ impl SyncEngine {
         // With a new local commit, push first: a push that is accepted
         // proves the remote had nothing we lack (it was a fast-forward), so
         // the fetch is skipped; a rejected one fetches, integrates, retries.
-        let optimistic =
-            opts.mode == SyncMode::Sync && !integrate_first && !report.commits.is_empty();
+        // (A fetch started with the run makes this moot: it has mostly
+        // finished by now, so integrating first costs no round trip.)
+        let optimistic = opts.mode == SyncMode::Sync
+            && !integrate_first
+            && !report.commits.is_empty()
+            && early.is_none();
         if opts.mode != SyncMode::Push && !integrate_first && !optimistic {
-            self.fetch_and_integrate(repo, target, &classifier, opts, journal, report, clock)?;
+            self.fetch_and_integrate(
+                repo, target, &classifier, opts, journal, report, clock, early,
+            )?;
         }
         if opts.mode == SyncMode::Pull {
             return Ok(());
@@ -768,6 +787,7 @@ impl SyncEngine {
             report,
             clock,
             optimistic,
+            early,
         )?;
         Ok(())
     }
@@ -782,12 +802,18 @@ impl SyncEngine {
         journal: &mut Journal,
         report: &mut SyncReport,
         clock: &mut Clock,
+        early: &mut Option<git::FetchInFlight>,
     ) -> Result<(), Error> {
         let ws = &self.workspace;
         {
             check_cancel(opts, "fetch")?;
             journal.advance(&self.state_dir, "fetch")?;
-            let remote = git::fetch(repo, ws, target)?;
+            // The fetch started with the run, if there is one (only the
+            // first time: a rejected push must fetch again).
+            let remote = match early.take() {
+                Some(f) => f.finish(repo, ws, target)?,
+                None => git::fetch(repo, ws, target)?,
+            };
             clock.lap("fetch");
             hook(opts, Phase::Fetched);
             check_cancel(opts, "integrate")?;
@@ -809,6 +835,7 @@ impl SyncEngine {
         report: &mut SyncReport,
         clock: &mut Clock,
         optimistic: bool,
+        early: &mut Option<git::FetchInFlight>,
     ) -> Result<(), Error> {
         let ws = &self.workspace;
         // An optimistic first push that is rejected is not a retry.
@@ -850,7 +877,7 @@ impl SyncEngine {
                     }
                     tracing::info!(%detail, "push rejected; fetching and integrating");
                     self.fetch_and_integrate(
-                        repo, target, classifier, opts, journal, report, clock,
+                        repo, target, classifier, opts, journal, report, clock, early,
                     )?;
                 }
             }

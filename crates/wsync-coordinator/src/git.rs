@@ -301,28 +301,33 @@ fn command_error(workspace: &Path, args: &[&str], out: &std::process::Output) ->
     }
 }
 
-/// `git fetch` of the one remote branch into its tracking ref. Returns the
-/// remote branch's commit, or `None` when the remote has no such branch.
-pub(crate) fn fetch(
+/// The arguments of `git fetch` of the one remote branch into its
+/// tracking ref.
+fn fetch_args(target: &Target) -> Vec<String> {
+    vec![
+        "fetch".into(),
+        "--quiet".into(),
+        "--no-tags".into(),
+        "--no-write-fetch-head".into(),
+        "--no-recurse-submodules".into(),
+        target.remote.clone(),
+        format!(
+            "+refs/heads/{}:{}",
+            target.remote_branch,
+            target.tracking_ref()
+        ),
+    ]
+}
+
+/// What a finished fetch means: the remote branch's commit, or `None`
+/// when the remote has no such branch.
+fn fetch_result(
     repo: &Repository,
     workspace: &Path,
     target: &Target,
+    args: &[String],
+    out: &std::process::Output,
 ) -> Result<Option<Oid>, Error> {
-    let refspec = format!(
-        "+refs/heads/{}:{}",
-        target.remote_branch,
-        target.tracking_ref()
-    );
-    let args = [
-        "fetch",
-        "--quiet",
-        "--no-tags",
-        "--no-write-fetch-head",
-        "--no-recurse-submodules",
-        target.remote.as_str(),
-        refspec.as_str(),
-    ];
-    let out = git_program(workspace, &args)?;
     if out.status.success() {
         return Ok(ref_oid(repo, &target.tracking_ref()));
     }
@@ -330,7 +335,81 @@ pub(crate) fn fetch(
     if stderr.contains("couldn't find remote ref") {
         return Ok(None);
     }
-    Err(command_error(workspace, &args, &out))
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Err(command_error(workspace, &args, out))
+}
+
+/// `git fetch` of the one remote branch into its tracking ref. Returns the
+/// remote branch's commit, or `None` when the remote has no such branch.
+pub(crate) fn fetch(
+    repo: &Repository,
+    workspace: &Path,
+    target: &Target,
+) -> Result<Option<Oid>, Error> {
+    let args = fetch_args(target);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = git_program(workspace, &argv)?;
+    fetch_result(repo, workspace, target, &args, &out)
+}
+
+/// A `git fetch` running in the background while the run snapshots and
+/// commits (it only moves the remote-tracking ref, which neither reads).
+/// Dropping it unused waits for it: a killed fetch could leave a ref lock
+/// behind.
+#[derive(Debug)]
+#[must_use = "a fetch started early is waited for with `finish`"]
+pub(crate) struct FetchInFlight {
+    child: Option<std::process::Child>,
+    args: Vec<String>,
+}
+
+impl FetchInFlight {
+    /// Starts `git fetch` (see [`fetch`]).
+    pub(crate) fn start(workspace: &Path, target: &Target) -> Result<Self, Error> {
+        let args = fetch_args(target);
+        let child = Command::new("git")
+            .current_dir(workspace)
+            .args(&args)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| Error::Io {
+                path: PathBuf::from("git"),
+                source,
+            })?;
+        Ok(Self {
+            child: Some(child),
+            args,
+        })
+    }
+
+    /// Waits for the fetch; the same answer as [`fetch`].
+    pub(crate) fn finish(
+        mut self,
+        repo: &Repository,
+        workspace: &Path,
+        target: &Target,
+    ) -> Result<Option<Oid>, Error> {
+        let Some(child) = self.child.take() else {
+            return fetch(repo, workspace, target);
+        };
+        let out = child.wait_with_output().map_err(|source| Error::Io {
+            path: PathBuf::from("git"),
+            source,
+        })?;
+        fetch_result(repo, workspace, target, &self.args, &out)
+    }
+}
+
+impl Drop for FetchInFlight {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            let _ = child.wait_with_output();
+        }
+    }
 }
 
 /// What a push did.

@@ -369,6 +369,40 @@ fn a_push_rejected_by_a_racing_clone_is_retried() {
 }
 
 #[test]
+fn a_remote_that_moved_before_the_run_is_integrated_before_the_first_push() {
+    let remote = TestRemote::new();
+    let a = Side::new(&remote, "a");
+    let b = Side::new(&remote, "b");
+    b.repo.write("theirs.txt", "b\n");
+    b.sync();
+    // The fetch starts with the run, beside the snapshot and the commit:
+    // by the time `a` pushes it already has `b`'s commit, so the one push
+    // is accepted (no rejected optimistic push and second round trip).
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&order);
+    let opts = SyncOptions {
+        on_phase: Some(Arc::new(move |phase| seen.lock().unwrap().push(phase))),
+        ..SyncOptions::default()
+    };
+    a.repo.write("mine.txt", "a\n");
+    let r = a.engine(Config::default()).run(&opts).unwrap();
+    assert!(r.pushed);
+    assert_eq!(r.push_attempts, 1);
+    assert_eq!(r.integration, Integration::Merge);
+    assert_eq!(a.repo.read("theirs.txt"), "b\n");
+    assert_eq!(a.repo.head(), remote.head());
+    let order = order.lock().unwrap().clone();
+    let at = |p: Phase| order.iter().position(|x| *x == p).unwrap();
+    assert!(at(Phase::Snapshot) < at(Phase::Committed), "{order:?}");
+    assert!(at(Phase::Committed) < at(Phase::Fetched), "{order:?}");
+    assert!(at(Phase::Fetched) < at(Phase::Push), "{order:?}");
+    // Nothing of the background fetch is left running or locked.
+    assert!(!a.repo.path().join(".git/refs/remotes/origin/main.lock").exists());
+    assert!(lock_free(&a.state));
+    fsck_ok(a.repo.path());
+}
+
+#[test]
 fn unreachable_remote_rolls_back_and_leaves_no_lock_or_pause() {
     let remote = TestRemote::new();
     let a = Side::new(&remote, "a");
