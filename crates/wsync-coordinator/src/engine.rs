@@ -589,6 +589,7 @@ impl SyncEngine {
         report.pause_acknowledged = Some(pause.acknowledged());
         clock.lap("pause");
         let snapshot = snap::capture(
+            &repo,
             &self.workspace,
             &self.state_dir,
             opts.live_snapshots.as_deref(),
@@ -740,7 +741,14 @@ impl SyncEngine {
         let integrate_first = unborn && opts.mode != SyncMode::Push;
         if integrate_first {
             self.fetch_and_integrate(
-                repo, target, &classifier, opts, journal, report, clock, early,
+                repo,
+                target,
+                &classifier,
+                opts,
+                journal,
+                report,
+                clock,
+                early,
             )?;
         }
         check_cancel(opts, "commit")?;
@@ -772,7 +780,14 @@ impl SyncEngine {
             && early.is_none();
         if opts.mode != SyncMode::Push && !integrate_first && !optimistic {
             self.fetch_and_integrate(
-                repo, target, &classifier, opts, journal, report, clock, early,
+                repo,
+                target,
+                &classifier,
+                opts,
+                journal,
+                report,
+                clock,
+                early,
             )?;
         }
         if opts.mode == SyncMode::Pull {

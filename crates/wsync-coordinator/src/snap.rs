@@ -22,6 +22,7 @@ pub(crate) struct Captured {
 /// Captures a snapshot, through `live` when given (only what changed since
 /// its previous capture is looked at).
 pub(crate) fn capture(
+    repo: &git2::Repository,
     workspace: &Path,
     state_dir: &Path,
     live: Option<&Mutex<LiveScan>>,
@@ -39,7 +40,9 @@ pub(crate) fn capture(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .capture(&opts)?,
-        None => SnapshotStore::open(workspace, state_dir)?.capture(&opts)?,
+        // Through the engine's repository: the commit that follows reuses
+        // the index read here.
+        None => SnapshotStore::open(workspace, state_dir)?.capture_in(repo, &opts)?,
     };
     Ok(Captured {
         id: snap.id,

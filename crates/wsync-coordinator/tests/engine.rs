@@ -397,7 +397,12 @@ fn a_remote_that_moved_before_the_run_is_integrated_before_the_first_push() {
     assert!(at(Phase::Committed) < at(Phase::Fetched), "{order:?}");
     assert!(at(Phase::Fetched) < at(Phase::Push), "{order:?}");
     // Nothing of the background fetch is left running or locked.
-    assert!(!a.repo.path().join(".git/refs/remotes/origin/main.lock").exists());
+    assert!(
+        !a.repo
+            .path()
+            .join(".git/refs/remotes/origin/main.lock")
+            .exists()
+    );
     assert!(lock_free(&a.state));
     fsck_ok(a.repo.path());
 }

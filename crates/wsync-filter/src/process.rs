@@ -701,6 +701,13 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
+        // Until the child has exec'd, its command line is not yet `sleep 30`.
+        let cmdline = format!("/proc/{}/cmdline", child.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read(&cmdline).unwrap_or_default() != b"sleep\x0030\x00" {
+            assert!(Instant::now() < deadline, "sleep never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let config = FilterConfig {
             system_process_patterns: vec!["^sleep 30$".into()],
             ..FilterConfig::default()

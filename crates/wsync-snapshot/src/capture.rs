@@ -152,22 +152,43 @@ pub(crate) fn capture(
     opts: &CaptureOptions,
 ) -> Result<Snapshot> {
     let index_path = repo.path().join("index");
-    let mut index =
-        Index::open(&index_path).map_err(git_err(&index_path, "cannot read the index"))?;
+    // Stat first: an index rewritten after this only makes more entries
+    // look racily clean (re-read), never fewer.
     let mtime = index_mtime(&index_path)?;
-    let (snapshot, _) = capture_from(store, repo, &mut index, mtime, opts, &mut |i| {
+    // The repository's own index object (reloaded if the file changed
+    // since it was last read), so a caller holding `repo` works on what is
+    // read here instead of reading a large index a second time.
+    let mut index = repo
+        .index()
+        .map_err(git_err(&index_path, "cannot read the index"))?;
+    index
+        .read(false)
+        .map_err(git_err(&index_path, "cannot read the index"))?;
+    let r = capture_from(store, repo, &mut index, mtime, opts, true, &mut |i| {
         crate::scan::scan(i.repo, i.root, i.index, i.index_mtime, i.filemode)
-    })?;
+    });
+    if !matches!(&r, Ok((_, o)) if !o.conflicted) {
+        // Conflicts were resolved in memory only: back to the file.
+        let reread = index
+            .read(true)
+            .map_err(git_err(&index_path, "cannot read the index again"));
+        if r.is_ok() {
+            reread?;
+        }
+    }
+    let (snapshot, _) = r?;
     Ok(snapshot)
 }
 
-/// Captures with `index` (the index file as read) and the given scan.
+/// Captures with `index` (the index file as read; `own_index` when it is
+/// `repo`'s own index object) and the given scan.
 pub(crate) fn capture_from(
     store: &SnapshotStore,
     repo: &Repository,
     index: &mut Index,
     index_mtime: Option<(i64, i64)>,
     opts: &CaptureOptions,
+    own_index: bool,
     scan: &mut dyn FnMut(&ScanInput<'_>) -> Result<crate::scan::Scan>,
 ) -> Result<(Snapshot, Outcome)> {
     let now = Utc::now();
@@ -287,9 +308,12 @@ pub(crate) fn capture_from(
     fsutil::create_dir(&store.dir)?;
     // libgit2 looks attributes up while printing the patch, which would
     // read the index file a second time: let it use the copy in memory
-    // (never written back).
-    repo.set_index(index)
-        .map_err(git_err(&index_path, "cannot use the index read"))?;
+    // (never written back). Not when it is the repository's own index
+    // already: setting it again would detach it from the repository.
+    if !own_index {
+        repo.set_index(index)
+            .map_err(git_err(&index_path, "cannot use the index read"))?;
+    }
     let diff_path = store.file(&id, "diff");
     // Only the paths known to differ need comparing (libgit2 then skips
     // the unchanged folders instead of walking both whole trees).

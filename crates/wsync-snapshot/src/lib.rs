@@ -378,6 +378,34 @@ impl SnapshotStore {
         capture::capture(self, &repo, opts)
     }
 
+    /// Captures like [`Self::capture`], through the caller's `repo`, which
+    /// must be a repository of this store's work tree. The index is read
+    /// through `repo.index()` and left as the file has it, so a caller that
+    /// goes on to use the same index (the sync engine commits right after
+    /// its snapshot) does not read a large index a second time. When the
+    /// state folder lies inside the work tree, its ignore rule is added to
+    /// `repo` (in memory).
+    pub fn capture_in(&self, repo: &git2::Repository, opts: &CaptureOptions) -> Result<Snapshot> {
+        let same = repo.workdir().is_some_and(|w| {
+            w == self.workspace
+                || std::fs::canonicalize(w).ok() == std::fs::canonicalize(&self.workspace).ok()
+        });
+        if !same {
+            return Err(Error::NotARepository {
+                path: self.workspace.clone(),
+                source: git2::Error::from_str(&format!(
+                    "the repository given is of another work tree ({})",
+                    repo.workdir().unwrap_or_else(|| repo.path()).display()
+                )),
+            });
+        }
+        if let Some(rule) = &self.state_rule {
+            repo.add_ignore_rule(rule)
+                .map_err(git_err(&self.workspace, "cannot add ignore rule"))?;
+        }
+        capture::capture(self, repo, opts)
+    }
+
     /// Returns the workspace to snapshot `id` (after capturing a safety
     /// snapshot of the current state, returned in the report).
     pub fn restore(&self, id: &str, opts: &RestoreOptions) -> Result<RestoreReport> {

@@ -291,6 +291,7 @@ impl LiveScan {
                     &mut index,
                     index_mtime,
                     opts,
+                    false,
                     &mut scan,
                 );
                 r.map(|(snap, outcome)| (snap, outcome, baseline.full_scan_at))
@@ -305,6 +306,7 @@ impl LiveScan {
                     &mut index,
                     index_mtime,
                     opts,
+                    false,
                     &mut |i| scan::scan(i.repo, i.root, i.index, i.index_mtime, i.filemode),
                 );
                 r.map(|(snap, outcome)| (snap, outcome, Instant::now()))

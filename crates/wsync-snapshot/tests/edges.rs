@@ -454,3 +454,48 @@ fn ignored_file_in_the_way_is_moved_aside_not_lost() {
         "precious ignored\n"
     );
 }
+
+#[test]
+fn capture_in_uses_the_callers_repository_and_leaves_its_index_as_the_file_has_it() {
+    let repo = TestRepo::with_commit();
+    let st = store(&repo);
+    let other = TestRepo::with_commit();
+    let theirs = git2::Repository::open(other.path()).unwrap();
+    let err = st
+        .capture_in(&theirs, &CaptureOptions::default())
+        .unwrap_err();
+    assert!(matches!(err, Error::NotARepository { .. }), "{err}");
+    assert!(err.to_string().contains("another work tree"), "{err}");
+
+    // The caller's repository, its index read once and still usable after.
+    let mine = git2::Repository::open(repo.path()).unwrap();
+    repo.write("a.txt", "new\n");
+    repo.git(&["add", "a.txt"]);
+    repo.write("a.txt", "newer\n");
+    let index_bytes = std::fs::read(repo.path().join(".git/index")).unwrap();
+    let snap = st.capture_in(&mine, &CaptureOptions::default()).unwrap();
+    assert_eq!(blob(&repo, &snap.commit, "a.txt"), b"newer\n");
+    assert_eq!(blob(&repo, &snap.meta.index_commit, "a.txt"), b"new\n");
+    let index = mine.index().unwrap();
+    assert!(index.get_path(Path::new("a.txt"), 0).is_some());
+    assert_eq!(
+        std::fs::read(repo.path().join(".git/index")).unwrap(),
+        index_bytes,
+        "the index file is untouched"
+    );
+    // The engine goes on with the same index object: staging works.
+    let mut index = mine.index().unwrap();
+    index.add_path(Path::new("a.txt")).unwrap();
+    drop(index);
+
+    // Conflicts are resolved in memory for the snapshot only: the
+    // caller's index has them again afterwards.
+    let repo = TestRepo::with_commit();
+    let st = store(&repo);
+    conflicted_merge(&repo);
+    let mine = git2::Repository::open(repo.path()).unwrap();
+    assert!(mine.index().unwrap().has_conflicts());
+    let snap = st.capture_in(&mine, &CaptureOptions::default()).unwrap();
+    assert_eq!(snap.meta.conflicted, vec!["c.txt".to_owned()]);
+    assert!(mine.index().unwrap().has_conflicts());
+}
