@@ -58,6 +58,12 @@ impl Classifier {
         })
     }
 
+    /// Reads ahead what classifying will need (see
+    /// [`wsync_filter::Filter::prepare`]).
+    pub fn prepare(&self) {
+        self.filter.prepare();
+    }
+
     /// Verdicts for pending paths, in order (all three layers; one `/proc`
     /// scan for the batch).
     pub fn classify_all(&self, pending: &[Pending]) -> Vec<Verdict> {

@@ -573,13 +573,6 @@ impl SyncEngine {
             drop(guard);
             return Ok(report);
         }
-        // The fetch runs beside the snapshot and the commit: it only moves
-        // the remote-tracking ref, which neither of them reads.
-        let mut early = if opts.mode == SyncMode::Push {
-            None
-        } else {
-            Some(git::FetchInFlight::start(&self.workspace, &target)?)
-        };
         let gate = PauseGate::new(&self.state_dir);
         let pause = gate.pause(&PauseOptions {
             reason: format!("wsync {} ({})", opts.mode.as_str(), opts.reason),
@@ -588,6 +581,34 @@ impl SyncEngine {
         })?;
         report.pause_acknowledged = Some(pause.acknowledged());
         clock.lap("pause");
+        // The filter is built (and every process's command line read) on
+        // another thread meanwhile: the snapshot mostly waits for files
+        // edited a moment ago to settle.
+        let classifier = {
+            let (ws, state, filters) = (
+                self.workspace.clone(),
+                self.state_dir.clone(),
+                self.config.filters.clone(),
+            );
+            std::thread::Builder::new()
+                .name("wsync-filter".into())
+                .spawn(move || {
+                    let c = Classifier::new(&ws, &state, &filters)?;
+                    c.prepare();
+                    Ok::<_, Error>(c)
+                })
+                .map_err(|source| Error::Io {
+                    path: self.state_dir.clone(),
+                    source,
+                })?
+        };
+        // The fetch runs beside the snapshot and the commit: it only moves
+        // the remote-tracking ref, which neither of them reads.
+        let mut early = if opts.mode == SyncMode::Push {
+            None
+        } else {
+            Some(git::FetchInFlight::start(&self.workspace, &target)?)
+        };
         let snapshot = snap::capture(
             &repo,
             &self.workspace,
@@ -624,6 +645,7 @@ impl SyncEngine {
             &mut report,
             &mut clock,
             &mut early,
+            classifier,
         );
         // Never left running behind a rollback.
         drop(early);
@@ -731,9 +753,13 @@ impl SyncEngine {
         report: &mut SyncReport,
         clock: &mut Clock,
         early: &mut Option<git::FetchInFlight>,
+        classifier: std::thread::JoinHandle<Result<Classifier, Error>>,
     ) -> Result<(), Error> {
         let t = Instant::now();
-        let classifier = self.classifier()?;
+        let classifier = classifier.join().map_err(|_| Error::Io {
+            path: self.state_dir.clone(),
+            source: std::io::Error::other("the filter thread panicked"),
+        })??;
         tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "filter setup");
         // An unborn branch (a fresh clone target) takes the remote first,
         // so local files land on top of its history instead of beside it.

@@ -464,6 +464,16 @@ impl Filter {
             })
     }
 
+    /// Reads ahead what the process layer will need: the command line of
+    /// every running process, cached for the layer's TTL. Meant for
+    /// another thread while the caller does other work (the sync engine
+    /// calls it during its snapshot), so that a later [`Self::classify_all`]
+    /// only lists `/proc` and reads the descriptors of system processes.
+    /// Does nothing when open files are not scanned.
+    pub fn prepare(&self) {
+        self.process.prepare();
+    }
+
     /// All layers for a batch: the writer windows are read and `/proc` is
     /// scanned once for the whole batch. Decisions are in input order.
     pub fn classify_all(&self, changes: &[Change]) -> Vec<Decision> {

@@ -290,6 +290,16 @@ impl ProcessLayer {
         Arc::clone(&cache.parsed)
     }
 
+    /// Fills the pid cache with every process's command line (see
+    /// [`crate::Filter::prepare`]).
+    pub(crate) fn prepare(&self) {
+        if self.scan
+            && let Some(pids) = list_pids(Path::new("/proc"))
+        {
+            let _ = self.system_matches(&pids);
+        }
+    }
+
     /// Reads the windows and scans `/proc` once for these candidates.
     pub(crate) fn gather(&self, candidates: &[&Change]) -> Evidence {
         if candidates.is_empty() {
@@ -730,6 +740,31 @@ mod tests {
         let (system, unknown) = layer.system_pids(&pids);
         assert_eq!(system, vec![child.id()]);
         assert_eq!(unknown, 0);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn prepare_reads_every_command_line_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("31")
+            .spawn()
+            .unwrap();
+        let on = ProcessLayer::new(dir.path(), dir.path(), &FilterConfig::default()).unwrap();
+        let off = ProcessLayer::new(
+            dir.path(),
+            dir.path(),
+            &FilterConfig {
+                scan_open_files: false,
+                ..FilterConfig::default()
+            },
+        )
+        .unwrap();
+        on.prepare();
+        off.prepare();
+        assert!(on.cached(child.id()).is_some(), "cached ahead of a batch");
+        assert!(off.cached(child.id()).is_none(), "no scan, nothing read");
         child.kill().unwrap();
         child.wait().unwrap();
     }
