@@ -8,9 +8,11 @@
 //!   tolerantly (bad lines are skipped) and re-read only when its size or
 //!   mtime changes.
 //! - **Open files**: once per batch, `/proc` is listed; each process's
-//!   command line (read with `sysinfo`, one pid at a time) is matched
-//!   against the system-process regexes, the per-pid answer cached for a TTL
-//!   (30 s; pids that are gone are dropped); then only the system
+//!   command line (read with `sysinfo`, only the listed pids that are not
+//!   cached, all of them in one refresh; `Filter::prepare` does it ahead)
+//!   is matched against the system-process regexes, the per-pid answer
+//!   cached for a TTL (30 s, and only while the pid's start time is the
+//!   same; pids that are gone are dropped); then only the system
 //!   processes' `/proc/PID/fd` links are compared with the `ANALYZE`
 //!   candidates. Processes we may not
 //!   inspect, and systems without `/proc`, make the answer "unknown", never
