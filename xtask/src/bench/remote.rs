@@ -296,30 +296,18 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
     let src = w.join("src");
     let (n, bytes, eight) = generate(&src, files, &mut rng)?;
     eprintln!("generated {n} files, {:.0} MB", bytes as f64 / 1e6);
-    let (dw, dr, du) = (
-        w.join("dst-wsync"),
-        w.join("dst-rsync"),
-        w.join("dst-unison"),
-    );
     let mut rows = Vec::new();
 
-    // Initial copy, each from clean page cache state.
-    eprintln!("load average before: {}", load());
-    settle();
-    let (tw, _) = exec(env.wsync("push", &src, &dw, &[]), "wsync push")?;
-    settle();
-    let (tr, _) = exec(env.rsync(&src, &dr, &[]), "rsync -a")?;
-    settle();
-    let (tu, _) = exec(env.unison(&src, &du), "unison")?;
-    let dnf = w.join("dst-wsync-nofsync");
-    settle();
-    let (tnf, _) = exec(
-        env.wsync("push", &src, &dnf, &["--no-fsync"]),
-        "wsync push --no-fsync",
-    )?;
-    settle();
-    // The floor for any tool over this transport: one tar stream through
-    // the same ssh, nothing checked, nothing fsynced, nothing compared.
+    // Initial copy. Every copier runs in every round, the order rotated
+    // between rounds and each into a fresh folder, and the median is kept:
+    // one run each was at the mercy of whatever the file system was doing
+    // (on this VM's ext4, creating files soon after many were deleted is
+    // several times slower). The tar pipelines are the transport's floor:
+    // one stream through the same ssh, nothing checked, fsynced or compared.
+    let have_zstd = Command::new("zstd")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     let tar_pipe = |dest: &Path, zstd: bool| {
         let (z, unz) = if zstd {
             ("| zstd -1 -q -c ", "zstd -d -q -c | ")
@@ -336,20 +324,52 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
         ));
         c
     };
-    let (tt, _) = exec(tar_pipe(&w.join("dst-tar"), false), "tar | ssh | tar")?;
+    type Copier<'a> = (&'static str, Box<dyn Fn(&Path) -> Command + 'a>);
+    let mut copiers: Vec<Copier<'_>> = vec![
+        (
+            "wsync",
+            Box::new(|d: &Path| env.wsync("push", &src, d, &[])),
+        ),
+        ("rsync", Box::new(|d: &Path| env.rsync(&src, d, &[]))),
+        ("unison", Box::new(|d: &Path| env.unison(&src, d))),
+        (
+            "wsync-nofsync",
+            Box::new(|d: &Path| env.wsync("push", &src, d, &["--no-fsync"])),
+        ),
+        ("tar", Box::new(|d: &Path| tar_pipe(d, false))),
+    ];
+    if have_zstd {
+        copiers.push(("tar-zstd", Box::new(|d: &Path| tar_pipe(d, true))));
+    }
+    let rounds = if ctx.quick { 1 } else { 3 };
+    let dest = |name: &str, round: usize| w.join(format!("dst-{name}-{round}"));
+    let mut times: std::collections::BTreeMap<&str, Vec<Duration>> = Default::default();
+    eprintln!("load average before: {}", load());
+    for round in 0..rounds {
+        for k in 0..copiers.len() {
+            let (name, make) = &copiers[(k + round) % copiers.len()];
+            settle();
+            let (t, _) = exec(make(&dest(name, round)), name)?;
+            eprintln!("initial copy, round {round}: {name} {:.0} ms", ms(t));
+            times.entry(name).or_default().push(t);
+        }
+    }
     settle();
-    let have_zstd = Command::new("zstd")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let tz = if have_zstd {
-        let t = exec(tar_pipe(&w.join("dst-tar-zstd"), true), "tar | zstd | ssh")?.0;
-        settle();
-        Some(t)
-    } else {
-        None
-    };
-    let label = format!("initial copy ({n} files, {:.0} MB)", bytes as f64 / 1e6);
+    let med = |name: &str| times.get(name).cloned().map(median).unwrap_or_default();
+    let (tw, tr, tu, tnf, tt) = (
+        med("wsync"),
+        med("rsync"),
+        med("unison"),
+        med("wsync-nofsync"),
+        med("tar"),
+    );
+    let tz = have_zstd.then(|| med("tar-zstd"));
+    // Later steps work on the first round's copies.
+    let (dw, dr, du) = (dest("wsync", 0), dest("rsync", 0), dest("unison", 0));
+    let label = format!(
+        "initial copy ({n} files, {:.0} MB; median of {rounds})",
+        bytes as f64 / 1e6
+    );
     rows.push(Row::versus(&label, ms(tw), "rsync -a", ms(tr), "ms").goal("≤ 0.8×"));
     rows.push(Row::versus(&label, ms(tw), "unison", ms(tu), "ms"));
     rows.push(Row::versus(
