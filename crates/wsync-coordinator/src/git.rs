@@ -279,17 +279,25 @@ pub(crate) fn ref_oid(repo: &Repository, name: &str) -> Option<Oid> {
 }
 
 /// Runs the `git` program in the workspace with no terminal prompts.
-fn git_program(workspace: &Path, args: &[&str]) -> Result<std::process::Output, Error> {
+/// The `git` program in `workspace`: never prompting, messages in English
+/// (they are parsed), stdin closed.
+fn git_command<S: AsRef<std::ffi::OsStr>>(workspace: &Path, args: &[S]) -> Command {
     let mut cmd = Command::new("git");
     cmd.current_dir(workspace)
         .args(args)
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("LC_ALL", "C")
         .stdin(Stdio::null());
-    cmd.output().map_err(|source| Error::Io {
-        path: PathBuf::from("git"),
-        source,
-    })
+    cmd
+}
+
+fn git_program(workspace: &Path, args: &[&str]) -> Result<std::process::Output, Error> {
+    git_command(workspace, args)
+        .output()
+        .map_err(|source| Error::Io {
+            path: PathBuf::from("git"),
+            source,
+        })
 }
 
 fn command_error(workspace: &Path, args: &[&str], out: &std::process::Output) -> Error {
@@ -367,12 +375,7 @@ impl FetchInFlight {
     /// Starts `git fetch` (see [`fetch`]).
     pub(crate) fn start(workspace: &Path, target: &Target) -> Result<Self, Error> {
         let args = fetch_args(target);
-        let child = Command::new("git")
-            .current_dir(workspace)
-            .args(&args)
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("LC_ALL", "C")
-            .stdin(Stdio::null())
+        let child = git_command(workspace, &args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
