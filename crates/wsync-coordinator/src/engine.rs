@@ -947,6 +947,11 @@ impl SyncEngine {
     ) -> Result<(), Error> {
         let ws = &self.workspace;
         let mut index = repo.index().map_err(Error::git(ws, "read the index"))?;
+        // The snapshot read it through this repository; read it again only
+        // if someone (`git add` meanwhile) rewrote the file since.
+        index
+            .read(false)
+            .map_err(Error::git(ws, "read the index"))?;
         let head = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
         let mut unstage = Vec::new();
         let mut files = Vec::new();

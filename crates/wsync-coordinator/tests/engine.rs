@@ -140,6 +140,28 @@ fn a_sync_commit_leaves_the_index_tree_cache_valid() {
 }
 
 #[test]
+fn a_git_add_during_the_run_is_not_undone_by_the_commit() {
+    let remote = TestRemote::new();
+    let a = Side::new(&remote, "a");
+    let ws = a.repo.path().to_path_buf();
+    let opts = SyncOptions {
+        on_phase: Some(Arc::new(move |phase| {
+            if phase == Phase::Snapshot {
+                // The snapshot read the index; the user stages a file
+                // before the commit writes the index back.
+                std::fs::write(ws.join("staged.txt"), "staged meanwhile\n").unwrap();
+                git(&ws, &["add", "staged.txt"]);
+            }
+        })),
+        ..SyncOptions::default()
+    };
+    a.repo.write("mine.txt", "a\n");
+    a.engine(Config::default()).run(&opts).unwrap();
+    let tracked = git(a.repo.path(), &["ls-files", "staged.txt"]);
+    assert_eq!(tracked.trim(), "staged.txt", "the staging was lost");
+}
+
+#[test]
 fn old_snapshots_are_cleaned_after_each_run() {
     let remote = TestRemote::new();
     let a = Side::new(&remote, "a");
