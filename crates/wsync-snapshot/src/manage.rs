@@ -348,6 +348,7 @@ fn check_objects(repo: &Repository, commit: Oid, report: &mut VerifyReport) {
 pub(crate) fn cleanup(store: &SnapshotStore, retention: &Retention) -> Result<CleanupReport> {
     let repo = store.repo()?;
     let gitdir = repo.path().to_path_buf();
+    sweep_stale_ref_locks(&gitdir);
     let mut ids: BTreeSet<String> = BTreeSet::new();
     let refs = repo
         .references_glob(&format!("{REF_PREFIX}*"))
@@ -489,4 +490,99 @@ fn run_git(gitdir: &Path, args: &[&std::ffi::OsStr]) -> Result<Vec<u8>> {
         });
     }
     Ok(out.stdout)
+}
+
+/// Removes `refs/wsync/snapshots/ID.lock` files that a killed capture left
+/// behind: snapshot ids carry their process id (`sync_DATE_TIME_PID`,
+/// maybe `_N`), and a lock whose process is gone can never be finished.
+/// Locks of live processes, of this process, of unparsable names, and all
+/// locks where `/proc` is unavailable are left alone. Returns how many went.
+pub(crate) fn sweep_stale_ref_locks(gitdir: &Path) -> usize {
+    let proc_root = Path::new("/proc");
+    if !proc_root.join("self").exists() {
+        return 0;
+    }
+    let dir = gitdir.join(REF_PREFIX.trim_end_matches('/'));
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return 0;
+    };
+    let me = std::process::id();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".lock")) else {
+            continue;
+        };
+        let Some(pid) = id_pid(id) else {
+            continue;
+        };
+        if pid == me || proc_root.join(pid.to_string()).exists() {
+            continue;
+        }
+        if std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// The process id inside a snapshot id (`sync_YYYYMMDD_HHMMSS_PID[_N]`).
+fn id_pid(id: &str) -> Option<u32> {
+    let mut parts = id.strip_prefix("sync_")?.split('_');
+    let (date, time, pid) = (parts.next()?, parts.next()?, parts.next()?);
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(date, 8) || !digits(time, 6) {
+        return None;
+    }
+    match parts.next() {
+        None => {}
+        Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {}
+        Some(_) => return None,
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+#[cfg(test)]
+mod lock_sweep_tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_ids_yield_their_pid() {
+        assert_eq!(id_pid("sync_20261122_054854_23688"), Some(23688));
+        assert_eq!(id_pid("sync_20261122_054854_23688_2"), Some(23688));
+        assert_eq!(id_pid("sync_20261122_054854"), None);
+        assert_eq!(id_pid("sync_2026112_054854_1"), None);
+        assert_eq!(id_pid("sync_20261122_054854_x"), None);
+        assert_eq!(id_pid("sync_20261122_054854_1_2_3"), None);
+        assert_eq!(id_pid("other_20261122_054854_1"), None);
+    }
+
+    #[test]
+    fn only_locks_of_dead_processes_are_swept() {
+        let git = tempfile::tempdir().unwrap();
+        let dir = git.path().join("refs/wsync/snapshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut child = Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let me = std::process::id();
+        let files = [
+            format!("sync_20261122_054854_{dead}.lock"),
+            format!("sync_20261122_054854_{dead}_2.lock"),
+            format!("sync_20261122_054854_{me}.lock"),
+            "sync_20261122_054854_1.lock".to_owned(), // init: alive
+            "not-a-snapshot.lock".to_owned(),
+            format!("sync_20261122_054854_{dead}"), // a ref, not a lock
+        ];
+        for f in &files {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+        assert_eq!(sweep_stale_ref_locks(git.path()), 2);
+        for (i, f) in files.iter().enumerate() {
+            assert_eq!(dir.join(f).exists(), i >= 2, "{f}");
+        }
+    }
 }

@@ -72,6 +72,9 @@ pub(crate) fn restore(
     let meta = store.meta(id)?;
     let repo = store.repo()?;
     let gitdir = repo.path().to_path_buf();
+    // A capture killed while creating its ref (a rollback killed during
+    // its safety snapshot, say) left that ref's lock behind.
+    crate::manage::sweep_stale_ref_locks(&gitdir);
     let state = repo.state();
     if state != RepositoryState::Clean && !opts.force {
         return Err(Error::OperationInProgress {
