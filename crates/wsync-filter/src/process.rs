@@ -438,7 +438,7 @@ impl ProcessLayer {
         };
         let mut out = vec![None; pids.len()];
         let mut stale = Vec::new();
-        for (slot, &pid) in out.iter_mut().zip(pids) {
+        for (i, (slot, &pid)) in out.iter_mut().zip(pids).enumerate() {
             let start = start_time(pid);
             match cache.pids.get(&pid) {
                 Some(info)
@@ -446,7 +446,7 @@ impl ProcessLayer {
                 {
                     *slot = Some((info.pattern, info.cmd.clone()));
                 }
-                _ => stale.push((pid, start)),
+                _ => stale.push((i, pid, start)),
             }
         }
         if stale.is_empty() {
@@ -454,7 +454,7 @@ impl ProcessLayer {
         }
         let spids: Vec<sysinfo::Pid> = stale
             .iter()
-            .map(|&(pid, _)| sysinfo::Pid::from_u32(pid))
+            .map(|&(_, pid, _)| sysinfo::Pid::from_u32(pid))
             .collect();
         cache.sys.refresh_processes_specifics(
             sysinfo::ProcessesToUpdate::Some(&spids),
@@ -463,11 +463,9 @@ impl ProcessLayer {
                 .without_tasks()
                 .with_cmd(sysinfo::UpdateKind::Always),
         );
-        for (pid, start) in stale {
+        for (i, pid, start) in stale {
             let found = self.read_match(&mut cache, pid, start, now);
-            if let Some(i) = pids.iter().position(|&p| p == pid)
-                && let Some(slot) = out.get_mut(i)
-            {
+            if let Some(slot) = out.get_mut(i) {
                 *slot = found;
             }
         }
