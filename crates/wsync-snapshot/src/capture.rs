@@ -23,6 +23,7 @@ use git2::{
 };
 
 use crate::fsutil::{self, git_path};
+use crate::objects::{self, ObjectBatch};
 use crate::{
     CaptureOptions, Error, REF_PREFIX, Result, Snapshot, SnapshotMeta, SnapshotStore, git_err,
     io_err,
@@ -213,8 +214,15 @@ pub(crate) fn capture_from(
         index_mtime,
         filemode,
     })?;
-    let (work_tree_id, changed) =
-        work_tree(repo, &store.workspace, index_tree_id, &scan, filemode)?;
+    let mut batch = ObjectBatch::new();
+    let (work_tree_id, changed) = work_tree(
+        repo,
+        &mut batch,
+        &store.workspace,
+        index_tree_id,
+        &scan,
+        filemode,
+    )?;
     let mut status_paths = changed.clone();
 
     let find_tree = |id: Oid| {
@@ -222,7 +230,6 @@ pub(crate) fn capture_from(
             .map_err(git_err(&gitdir, format!("cannot read tree {id}")))
     };
     let index_tree = find_tree(index_tree_id)?;
-    let work_tree = find_tree(work_tree_id)?;
     let head_tree = match &head {
         Some(c) => Some(
             c.tree()
@@ -244,34 +251,42 @@ pub(crate) fn capture_from(
     }
 
     let sig = signature(repo)?;
-    let commit_err = || git_err(&gitdir, "cannot write a snapshot commit");
-    let head_parents: Vec<&Commit<'_>> = head.iter().collect();
-    let index_commit_id = repo
-        .commit(
-            None,
+    let head_parents: Vec<Oid> = head.iter().map(Commit::id).collect();
+    let index_commit_id = batch.add(
+        repo,
+        ObjectType::Commit,
+        &objects::commit_bytes(
+            index_tree_id,
+            &head_parents,
             &sig,
             &sig,
             &format!("wsync index at capture: {}", opts.reason),
-            &index_tree,
-            &head_parents,
-        )
-        .map_err(commit_err())?;
-    let index_commit = repo.find_commit(index_commit_id).map_err(commit_err())?;
+        ),
+        &gitdir,
+    )?;
     let mut parents = head_parents;
-    parents.push(&index_commit);
-    let commit_id = repo
-        .commit(
-            None,
+    parents.push(index_commit_id);
+    let commit_id = batch.add(
+        repo,
+        ObjectType::Commit,
+        &objects::commit_bytes(
+            work_tree_id,
+            &parents,
             &sig,
             &sig,
             &format!(
                 "wsync snapshot: {}\n\nautonomous writers: {}\n",
                 opts.reason, opts.autonomous_status
             ),
-            &work_tree,
-            &parents,
-        )
-        .map_err(commit_err())?;
+        ),
+        &gitdir,
+    )?;
+    // Every new object, in one pack, before the ref that names them.
+    batch.write(repo)?;
+    // A backstop for when nothing runs `cleanup`; a failure here only
+    // leaves more packs, never a worse snapshot.
+    let _ = crate::manage::maintain_packs(&gitdir, crate::manage::PACKS_HARD_LIMIT);
+    let work_tree = find_tree(work_tree_id)?;
 
     // Reserve an id by creating its ref (atomic, fails if it exists).
     let base = format!(
@@ -451,9 +466,10 @@ pub(crate) fn write_patch(
 
 /// The whole working tree's tree: the index tree with what the scan found
 /// different applied (only the changed folders are rewritten), and the
-/// paths that differ from the index.
+/// paths that differ from the index. New blobs and trees go into `batch`.
 fn work_tree(
     repo: &Repository,
+    batch: &mut ObjectBatch,
     root: &Path,
     index_tree: Oid,
     scan: &crate::scan::Scan,
@@ -470,7 +486,7 @@ fn work_tree(
             continue;
         };
         let abs = root.join(git_path(&t.path));
-        match read_entry(repo, &abs, &t.path, filemode, t.mode)? {
+        match read_entry(repo, batch, &abs, &t.path, filemode, Some((t.id, t.mode)))? {
             Some(e) if e.id == t.id && e.mode == t.mode => {}
             Some(e) => {
                 changes.insert(t.path.clone(), Some((e.id, e.mode)));
@@ -482,7 +498,7 @@ fn work_tree(
     }
     for path in &scan.untracked {
         let abs = root.join(git_path(path));
-        if let Some(e) = read_entry(repo, &abs, path, filemode, 0)? {
+        if let Some(e) = read_entry(repo, batch, &abs, path, filemode, None)? {
             changes.insert(path.clone(), Some((e.id, e.mode)));
         }
     }
@@ -490,34 +506,40 @@ fn work_tree(
     if changes.is_empty() {
         return Ok((index_tree, paths));
     }
-    let base = repo
-        .find_tree(index_tree)
-        .map_err(git_err(repo.path(), "cannot read the index tree"))?;
-    let id = apply_changes(repo, Some(&base), &changes, b"")?.unwrap_or(empty_tree(repo)?);
+    let odb = repo
+        .odb()
+        .map_err(git_err(repo.path(), "cannot open the object database"))?;
+    let id = match apply_changes(repo, &odb, batch, Some(index_tree), &changes, b"")? {
+        Some(id) => id,
+        None => batch.add(repo, ObjectType::Tree, b"", repo.path())?,
+    };
     Ok((id, paths))
 }
 
 /// Path → new (blob, mode), or `None` for removed.
 type Changes = BTreeMap<Vec<u8>, Option<(Oid, u32)>>;
 
-fn empty_tree(repo: &Repository) -> Result<Oid> {
-    repo.treebuilder(None)
-        .and_then(|b| b.write())
-        .map_err(git_err(repo.path(), "cannot write an empty tree"))
-}
-
-/// Writes `base` with `changes` (paths relative to it) applied; `None` when
-/// the result is empty (git stores no empty folders). A file replacing a
-/// folder drops what was below it; a folder replacing a file is built from
-/// nothing.
+/// Builds tree `base` with `changes` (paths relative to it) applied, into
+/// `batch`; `None` when the result is empty (git stores no empty folders).
+/// A file replacing a folder drops what was below it; a folder replacing a
+/// file is built from nothing.
 fn apply_changes(
     repo: &Repository,
-    base: Option<&Tree<'_>>,
+    odb: &git2::Odb<'_>,
+    batch: &mut ObjectBatch,
+    base: Option<Oid>,
     changes: &Changes,
     what: &[u8],
 ) -> Result<Option<Oid>> {
-    let err = |w: &str| git_err(root_of(repo).join(git_path(what)), w.to_owned());
-    let mut builder = repo.treebuilder(base).map_err(err("cannot start a tree"))?;
+    let path = root_of(repo).join(git_path(what));
+    // Name → (mode, id).
+    let mut entries: BTreeMap<Vec<u8>, (u32, Oid)> = match base {
+        Some(id) => objects::read_tree(odb, id, &path)?
+            .into_iter()
+            .map(|e| (e.name, (e.mode, e.id)))
+            .collect(),
+        None => BTreeMap::new(),
+    };
     // Group by first component: direct changes, and changes below a folder.
     let mut direct: BTreeMap<&[u8], Option<(Oid, u32)>> = BTreeMap::new();
     let mut nested: BTreeMap<&[u8], Changes> = BTreeMap::new();
@@ -539,64 +561,42 @@ fn apply_changes(
         if matches!(direct.get(name), Some(Some(_))) {
             continue; // a file now stands where the folder was
         }
-        let existing = builder
+        let sub_base = entries
             .get(*name)
-            .map_err(err("cannot read a tree entry"))?
-            .filter(|e| e.kind() == Some(ObjectType::Tree))
-            .map(|e| e.id());
-        let sub_base = match existing {
-            Some(id) => Some(repo.find_tree(id).map_err(err("cannot read a tree"))?),
-            None => None,
-        };
+            .filter(|(mode, _)| *mode == objects::MODE_TREE)
+            .map(|(_, id)| *id);
         let mut sub_what = what.to_vec();
         if !sub_what.is_empty() {
             sub_what.push(b'/');
         }
         sub_what.extend_from_slice(name);
-        match apply_changes(repo, sub_base.as_ref(), sub, &sub_what)? {
+        match apply_changes(repo, odb, batch, sub_base, sub, &sub_what)? {
             Some(id) => {
-                builder
-                    .insert(name.to_vec(), id, 0o040_000)
-                    .map_err(err("cannot add a folder to a tree"))?;
+                entries.insert(name.to_vec(), (objects::MODE_TREE, id));
             }
             None => {
-                if builder
-                    .get(*name)
-                    .map_err(err("cannot read a tree entry"))?
-                    .is_some()
-                {
-                    builder
-                        .remove(name.to_vec())
-                        .map_err(err("cannot remove a tree entry"))?;
-                }
+                entries.remove(*name);
             }
         }
     }
     for (name, change) in direct {
         if let Some((id, mode)) = change {
-            builder
-                .insert(name.to_vec(), id, i32::try_from(mode).unwrap_or(0o100_644))
-                .map_err(err("cannot add a file to a tree"))?;
-        } else if !nested.contains_key(name)
-            && builder
-                .get(name)
-                .map_err(err("cannot read a tree entry"))?
-                .is_some()
-        {
+            entries.insert(name.to_vec(), (mode, id));
+        } else if !nested.contains_key(name) {
             // (A removal with changes below it is a folder replacing the
             // file, handled above.)
-            builder
-                .remove(name.to_vec())
-                .map_err(err("cannot remove a tree entry"))?;
+            entries.remove(name);
         }
     }
-    if builder.is_empty() {
+    if entries.is_empty() {
         return Ok(None);
     }
-    builder
-        .write()
-        .map(Some)
-        .map_err(err("cannot write a tree"))
+    let mut list: Vec<objects::Entry> = entries
+        .into_iter()
+        .map(|(name, (mode, id))| objects::Entry { mode, name, id })
+        .collect();
+    let bytes = objects::tree_bytes(&mut list);
+    batch.add(repo, ObjectType::Tree, &bytes, &path).map(Some)
 }
 
 fn root_of(repo: &Repository) -> &Path {
@@ -615,11 +615,14 @@ fn root_of(repo: &Repository) -> &Path {
 /// pause (`wsync-lock`'s pause gate) or replace files by rename.
 fn read_entry(
     repo: &Repository,
+    batch: &mut ObjectBatch,
     abs: &Path,
     rel: &[u8],
     filemode: bool,
-    old_mode: u32,
+    old: Option<(Oid, u32)>,
 ) -> Result<Option<IndexEntry>> {
+    let old_mode = old.map_or(0, |(_, mode)| mode);
+    let known = old.map(|(id, _)| id);
     for _ in 0..MAX_ATTEMPTS {
         let meta = match std::fs::symlink_metadata(abs) {
             Ok(m) => m,
@@ -648,9 +651,7 @@ fn read_entry(
                 Ok(again) if same_stat(&meta, &again) => {}
                 _ => continue,
             }
-            let oid = repo
-                .blob(target.as_os_str().as_bytes())
-                .map_err(git_err(abs, "cannot store the symlink"))?;
+            let oid = batch.add(repo, ObjectType::Blob, target.as_os_str().as_bytes(), abs)?;
             return Ok(Some(index_entry(&meta, 0o120_000, oid, rel)));
         }
         if !ft.is_file() {
@@ -671,7 +672,7 @@ fn read_entry(
             continue;
         }
         let age = age_of(&before);
-        let Some(oid) = write_blob(repo, &mut file, before.len(), abs)? else {
+        let Some(oid) = write_blob(repo, batch, &mut file, before.len(), abs, known)? else {
             continue;
         };
         let after = file.metadata().map_err(io_err(abs))?;
@@ -721,9 +722,17 @@ fn same_content_stat(a: &Metadata, b: &Metadata) -> bool {
     a.len() == b.len() && a.mtime() == b.mtime() && a.mtime_nsec() == b.mtime_nsec()
 }
 
-/// Writes exactly `len` bytes of `file` as a blob; `None` if the file's
+/// Stores exactly `len` bytes of `file` as a blob (in `batch` unless it is
+/// `known` already, or loose and streamed when large); `None` if the file's
 /// length was not `len` (it changed while being read).
-fn write_blob(repo: &Repository, file: &mut File, len: u64, abs: &Path) -> Result<Option<Oid>> {
+fn write_blob(
+    repo: &Repository,
+    batch: &mut ObjectBatch,
+    file: &mut File,
+    len: u64,
+    abs: &Path,
+    known: Option<Oid>,
+) -> Result<Option<Oid>> {
     if len <= SMALL_FILE {
         let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0) + 1);
         std::io::Read::by_ref(file)
@@ -733,10 +742,13 @@ fn write_blob(repo: &Repository, file: &mut File, len: u64, abs: &Path) -> Resul
         if buf.len() as u64 != len {
             return Ok(None);
         }
-        return repo
-            .blob(&buf)
-            .map(Some)
-            .map_err(git_err(abs, "cannot store the file"));
+        let id = Oid::hash_object(ObjectType::Blob, &buf)
+            .map_err(git_err(abs, "cannot hash the file"))?;
+        if Some(id) == known {
+            return Ok(Some(id));
+        }
+        batch.add_hashed(repo, id, ObjectType::Blob, &buf, abs)?;
+        return Ok(Some(id));
     }
     let odb = repo
         .odb()

@@ -66,6 +66,7 @@ mod capture;
 mod fsutil;
 mod live;
 mod manage;
+mod objects;
 mod restore;
 mod scan;
 
@@ -76,7 +77,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use live::{LiveOptions, LiveScan, LiveStats};
-pub use manage::{CleanupReport, SnapshotInfo, VerifyReport};
+pub use manage::{CleanupReport, PACKS_BEFORE_MERGE, SnapshotInfo, VerifyReport};
 pub use restore::RestoreReport;
 
 /// The ref namespace snapshots live under.
@@ -161,6 +162,21 @@ pub enum Error {
         path: PathBuf,
         /// Why it cannot be replaced.
         why: String,
+    },
+    /// The new objects of a capture could not be stored (e.g. the disk is
+    /// full).
+    #[error(
+        "{path}: cannot store the snapshot's new objects (the largest from {largest}): {source}"
+    )]
+    StoreObjects {
+        /// The pack being written.
+        path: PathBuf,
+        /// Where the largest of those objects came from (a working file, or
+        /// the repository for trees and commits).
+        largest: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
     },
     /// The `git` program failed.
     #[error("`{command}` failed ({status}): {stderr}")]

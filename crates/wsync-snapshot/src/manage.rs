@@ -65,6 +65,49 @@ pub struct CleanupReport {
     pub removed: Vec<String>,
     /// How many snapshots remain.
     pub kept: usize,
+    /// Whether the repository's packs were merged (captures add one small
+    /// pack each; see [`PACKS_BEFORE_MERGE`]).
+    pub packs_merged: bool,
+}
+
+/// Captures store their objects as one small pack each. Once the
+/// repository has more packs than this, `cleanup` merges the small ones
+/// with `git repack --geometric=2 -d` (git's own incremental maintenance:
+/// every object of the merged packs is kept, unreachable or not, so an
+/// object the user's index or a new commit came to share is never lost;
+/// pruning stays `git gc`'s job).
+pub const PACKS_BEFORE_MERGE: usize = 16;
+
+/// A capture merges packs itself past this many (when nothing runs
+/// `cleanup`).
+pub(crate) const PACKS_HARD_LIMIT: usize = 64;
+
+/// How many packs the repository at `gitdir` has.
+pub(crate) fn pack_count(gitdir: &Path) -> usize {
+    std::fs::read_dir(gitdir.join("objects/pack")).map_or(0, |dir| {
+        dir.filter_map(std::result::Result::ok)
+            .filter(|e| e.file_name().as_encoded_bytes().ends_with(b".idx"))
+            .count()
+    })
+}
+
+/// Merges small packs when there are more than `limit`; returns whether it
+/// did.
+pub(crate) fn maintain_packs(gitdir: &Path, limit: usize) -> Result<bool> {
+    if pack_count(gitdir) <= limit {
+        return Ok(false);
+    }
+    run_git(
+        gitdir,
+        &[
+            "repack".as_ref(),
+            "--geometric=2".as_ref(),
+            "-d".as_ref(),
+            "-q".as_ref(),
+            "--no-write-bitmap-index".as_ref(),
+        ],
+    )?;
+    Ok(true)
 }
 
 pub(crate) fn list(store: &SnapshotStore) -> Result<Vec<SnapshotMeta>> {
@@ -394,6 +437,7 @@ pub(crate) fn cleanup(store: &SnapshotStore, retention: &Retention) -> Result<Cl
     if store.dir.exists() {
         fsutil::sync_dir(&store.dir)?;
     }
+    report.packs_merged = maintain_packs(&gitdir, PACKS_BEFORE_MERGE)?;
     Ok(report)
 }
 

@@ -410,6 +410,26 @@ fn verify_reports_a_missing_object() {
     assert!(st.verify(&snap.id).unwrap().is_ok());
     let oid = repo.git(&["rev-parse", &format!("{}:only-here.txt", snap.commit)]);
     let oid = oid.trim();
+    // Snapshot objects are stored as a pack: turn them into loose objects
+    // (out of the repository first, or git skips the ones it has).
+    let packs = repo.path().join(".git/objects/pack");
+    for entry in std::fs::read_dir(&packs).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "pack") {
+            let bytes = std::fs::read(&path).unwrap();
+            std::fs::remove_file(&path).unwrap();
+            std::fs::remove_file(path.with_extension("idx")).unwrap();
+            let mut child = std::process::Command::new("git")
+                .arg("-C")
+                .arg(repo.path())
+                .args(["unpack-objects", "-q"])
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(&mut child.stdin.take().unwrap(), &bytes).unwrap();
+            assert!(child.wait().unwrap().success());
+        }
+    }
     let loose = repo
         .path()
         .join(format!(".git/objects/{}/{}", &oid[..2], &oid[2..]));
@@ -498,4 +518,78 @@ fn capture_in_uses_the_callers_repository_and_leaves_its_index_as_the_file_has_i
     let snap = st.capture_in(&mine, &CaptureOptions::default()).unwrap();
     assert_eq!(snap.meta.conflicted, vec!["c.txt".to_owned()]);
     assert!(mine.index().unwrap().has_conflicts());
+}
+
+fn packs(repo: &TestRepo) -> usize {
+    std::fs::read_dir(repo.path().join(".git/objects/pack"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .as_encoded_bytes()
+                .ends_with(b".idx")
+        })
+        .count()
+}
+
+#[test]
+fn captures_write_one_pack_each_and_cleanup_merges_them_without_losing_objects() {
+    let repo = TestRepo::with_commit();
+    let st = store(&repo);
+    let loose_before = git_output(repo.path(), &["count-objects"]).stdout;
+    let mut snaps = Vec::new();
+    for n in 0..=wsync_snapshot::PACKS_BEFORE_MERGE {
+        repo.write(format!("dir{}/file.txt", n % 3), format!("version {n}\n"));
+        repo.write("untracked.bin", [0u8, 1, 2, u8::try_from(n).unwrap()]);
+        snaps.push(capture(&st));
+    }
+    // No loose objects: one pack per capture.
+    assert_eq!(
+        git_output(repo.path(), &["count-objects"]).stdout,
+        loose_before
+    );
+    let before = packs(&repo);
+    assert!(
+        before > wsync_snapshot::PACKS_BEFORE_MERGE,
+        "{before} packs"
+    );
+    let report = st
+        .cleanup(&Retention {
+            keep: 5,
+            max_age: None,
+        })
+        .unwrap();
+    assert!(report.packs_merged);
+    let after = packs(&repo);
+    assert!(after < 4, "{after} packs after the merge");
+    // The kept snapshots restore; the removed ones' objects are still there
+    // (pruning is git gc's job: the user's index may share them).
+    for s in &snaps {
+        let out = git_output(
+            repo.path(),
+            &["cat-file", "-e", &format!("{}^{{tree}}", s.commit)],
+        );
+        assert!(out.status.success(), "{} lost", s.commit);
+    }
+    let fsck = git_output(repo.path(), &["fsck", "--strict", "--no-dangling"]);
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    let newest = snaps.last().unwrap();
+    repo.write("dir0/file.txt", "changed after\n");
+    st.restore(&newest.id, &RestoreOptions::default()).unwrap();
+    assert_eq!(
+        std::fs::read(repo.path().join("untracked.bin")).unwrap(),
+        [
+            0u8,
+            1,
+            2,
+            u8::try_from(wsync_snapshot::PACKS_BEFORE_MERGE).unwrap()
+        ]
+    );
+    // Few packs: nothing to merge.
+    assert!(!st.cleanup(&Retention::default()).unwrap().packs_merged);
 }
