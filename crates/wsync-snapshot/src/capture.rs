@@ -215,7 +215,7 @@ pub(crate) fn capture_from(
         filemode,
     })?;
     let mut batch = ObjectBatch::new();
-    let (work_tree_id, changed) = work_tree(
+    let (work_tree_id, changed, deltas) = work_tree(
         repo,
         &mut batch,
         &store.workspace,
@@ -333,7 +333,26 @@ pub(crate) fn capture_from(
     // Only the paths known to differ need comparing (libgit2 then skips
     // the unchanged folders instead of walking both whole trees).
     let only = (status_paths.len() <= PATCH_PATHLIST_MAX).then_some(&status_paths);
-    let diff_file = write_patch_file(repo, head_tree.as_ref(), &work_tree, only, &diff_path)?;
+    // Only working files differ from HEAD (the common case): the patch
+    // comes from those files alone, without comparing trees.
+    let fast = if !had_conflicts && head_tree.as_ref().map(Tree::id) == Some(index_tree_id) {
+        crate::patch::of_deltas(repo, &deltas)?
+    } else {
+        None
+    };
+    let diff_file = match fast {
+        Some(bytes) => fsutil::Pending::create(&diff_path, 0o666).and_then(|mut p| {
+            match p.file.write_all(&bytes) {
+                Ok(()) => Ok(p),
+                Err(source) => {
+                    let path = p.tmp.clone();
+                    p.discard();
+                    Err(Error::Io { path, source })
+                }
+            }
+        })?,
+        None => write_patch_file(repo, head_tree.as_ref(), &work_tree, only, &diff_path)?,
+    };
     if opts.bundle
         && let Err(e) = crate::manage::create_bundle(store, repo, &id)
     {
@@ -474,11 +493,14 @@ fn work_tree(
     index_tree: Oid,
     scan: &crate::scan::Scan,
     filemode: bool,
-) -> Result<(Oid, BTreeSet<Vec<u8>>)> {
+) -> Result<(Oid, BTreeSet<Vec<u8>>, crate::patch::Deltas)> {
     let mut changes: Changes = BTreeMap::new();
+    // Path → its index version, for the tracked paths that changed.
+    let mut olds: BTreeMap<&[u8], (Oid, u32)> = BTreeMap::new();
     for &i in &scan.deleted {
         if let Some(t) = scan.tracked.get(i) {
             changes.insert(t.path.clone(), None);
+            olds.insert(&t.path, (t.id, t.mode));
         }
     }
     for &i in &scan.suspects {
@@ -490,9 +512,11 @@ fn work_tree(
             Some(e) if e.id == t.id && e.mode == t.mode => {}
             Some(e) => {
                 changes.insert(t.path.clone(), Some((e.id, e.mode)));
+                olds.insert(&t.path, (t.id, t.mode));
             }
             None => {
                 changes.insert(t.path.clone(), None);
+                olds.insert(&t.path, (t.id, t.mode));
             }
         }
     }
@@ -503,8 +527,12 @@ fn work_tree(
         }
     }
     let paths = changes.keys().cloned().collect();
+    let deltas = changes
+        .iter()
+        .map(|(path, new)| (path.clone(), (olds.get(path.as_slice()).copied(), *new)))
+        .collect();
     if changes.is_empty() {
-        return Ok((index_tree, paths));
+        return Ok((index_tree, paths, deltas));
     }
     let odb = repo
         .odb()
@@ -513,7 +541,7 @@ fn work_tree(
         Some(id) => id,
         None => batch.add(repo, ObjectType::Tree, b"", repo.path())?,
     };
-    Ok((id, paths))
+    Ok((id, paths, deltas))
 }
 
 /// Path → new (blob, mode), or `None` for removed.

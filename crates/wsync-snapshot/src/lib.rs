@@ -67,6 +67,7 @@ mod fsutil;
 mod live;
 mod manage;
 mod objects;
+mod patch;
 mod restore;
 mod scan;
 

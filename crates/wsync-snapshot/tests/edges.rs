@@ -593,3 +593,84 @@ fn captures_write_one_pack_each_and_cleanup_merges_them_without_losing_objects()
     // Few packs: nothing to merge.
     assert!(!st.cleanup(&Retention::default()).unwrap().packs_merged);
 }
+
+#[test]
+fn the_patch_printed_from_changed_files_equals_the_tree_comparison() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let repo = TestRepo::with_commit();
+    repo.write("text.txt", "one\ntwo\nthree\n");
+    repo.write("no-eol.txt", "last line");
+    repo.write("bin.dat", [0u8, 1, 2, 3, 0, 5]);
+    repo.write("mode-only.sh", "#!/bin/sh\n");
+    repo.write("mode-and-text.sh", "#!/bin/sh\necho 1\n");
+    repo.write("gone.txt", "bye\n");
+    repo.write("deep/er/file.txt", "a\nb\nc\nd\ne\nf\ng\nh\ni\nj\nk\n");
+    std::os::unix::fs::symlink("text.txt", repo.path().join("link")).unwrap();
+    repo.commit_all("kinds");
+    let st = store(&repo);
+    repo.write("text.txt", "one\n2\nthree\nfour\n");
+    repo.write("no-eol.txt", "last line, still no end");
+    repo.write("bin.dat", [0u8, 9, 2, 3, 0, 5, 6]);
+    let exec = |p: &str| {
+        std::fs::set_permissions(repo.path().join(p), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+    };
+    exec("mode-only.sh");
+    repo.write("mode-and-text.sh", "#!/bin/sh\necho 2\n");
+    exec("mode-and-text.sh");
+    std::fs::remove_file(repo.path().join("gone.txt")).unwrap();
+    repo.write("deep/er/file.txt", "a\nb\nc\nd\ne\nF\ng\nh\ni\nj\nK\n");
+    std::fs::remove_file(repo.path().join("link")).unwrap();
+    std::os::unix::fs::symlink("no-eol.txt", repo.path().join("link")).unwrap();
+    repo.write("empty-new.txt", "");
+    repo.write("new dir/new file.txt", "fresh\n");
+    let snap = capture(&st);
+    let written = std::fs::read(st.file(&snap.id, "diff")).unwrap();
+    std::fs::remove_file(st.file(&snap.id, "diff")).unwrap();
+    let regenerated = st.diff(&snap.id).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&written),
+        String::from_utf8_lossy(&regenerated)
+    );
+    let text = String::from_utf8_lossy(&written).into_owned();
+    for expected in [
+        "Binary files a/bin.dat and b/bin.dat differ",
+        "old mode 100644\nnew mode 100755\n",
+        "deleted file mode 100644",
+        "new file mode 100644\nindex 0000000..e69de29\n--- /dev/null\n+++ b/empty-new.txt\n",
+        "\\ No newline at end of file",
+        "index ",
+        "120000",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing in\n{text}");
+    }
+    // And git applies it: from HEAD, the patch gives the captured tree.
+    let check = tempfile::tempdir().unwrap();
+    git(
+        check.path(),
+        &["clone", "-q", repo.path().to_str().unwrap(), "c"],
+    );
+    let c = check.path().join("c");
+    std::fs::write(check.path().join("p.diff"), &written).unwrap();
+    // (Binary files are only marked, so that one is copied over.)
+    git(
+        &c,
+        &[
+            "apply",
+            "--exclude=bin.dat",
+            check.path().join("p.diff").to_str().unwrap(),
+        ],
+    );
+    std::fs::copy(repo.path().join("bin.dat"), c.join("bin.dat")).unwrap();
+    git(&c, &["add", "-A"]);
+    let tree = git_output(&c, &["write-tree"]).stdout;
+    let want = git_output(
+        repo.path(),
+        &["rev-parse", &format!("{}^{{tree}}", snap.commit)],
+    )
+    .stdout;
+    assert_eq!(
+        String::from_utf8_lossy(&tree),
+        String::from_utf8_lossy(&want)
+    );
+}

@@ -1,0 +1,179 @@
+//! The unified patch of a capture, printed from the changed files alone.
+//!
+//! When only working files differ from HEAD (nothing staged, no conflict),
+//! the capture already knows every changed path with its HEAD and working
+//! versions, so comparing the HEAD and snapshot trees (libgit2's
+//! `diff_tree_to_tree`, which also looks attributes up for every file) is
+//! not needed: each file's hunks come from libgit2's text diff of the two
+//! blobs, under a header printed as git and libgit2 print it. Whenever the
+//! output could differ from the tree comparison — attributes that pick a
+//! diff driver, `core.abbrev`, submodules, a file turned into a symlink or
+//! back, names git quotes — this returns `None` and the caller compares
+//! trees as before.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+
+use git2::{AttrCheckFlags, DiffOptions, Oid, Patch, Repository};
+
+use crate::fsutil::git_path;
+use crate::{Result, git_err};
+
+/// Path → (HEAD version, working version) as (blob, mode); `None` where
+/// the path does not exist.
+pub(crate) type Deltas = BTreeMap<Vec<u8>, (Option<(Oid, u32)>, Option<(Oid, u32)>)>;
+
+/// Hex digits of the ids in `index` lines (libgit2's and git's default).
+const ABBREV: usize = 7;
+
+const KIND: u32 = 0o170_000;
+const GITLINK: u32 = 0o160_000;
+
+/// The patch of `deltas` (HEAD → working files), or `None` when the trees
+/// must be compared instead (see the module docs).
+pub(crate) fn of_deltas(repo: &Repository, deltas: &Deltas) -> Result<Option<Vec<u8>>> {
+    for (path, (old, new)) in deltas {
+        if path
+            .iter()
+            .any(|&b| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\')
+        {
+            return Ok(None);
+        }
+        let kinds = (old.map(|(_, m)| m & KIND), new.map(|(_, m)| m & KIND));
+        match kinds {
+            (Some(GITLINK), _) | (_, Some(GITLINK)) => return Ok(None),
+            (Some(a), Some(b)) if a != b => return Ok(None),
+            _ => {}
+        }
+    }
+    let gitdir = repo.path();
+    let config = repo
+        .config()
+        .map_err(git_err(gitdir, "cannot read the configuration"))?;
+    if config.get_entry("core.abbrev").is_ok() {
+        return Ok(None);
+    }
+    for path in deltas.keys() {
+        let attr = repo
+            .get_attr_bytes(git_path(path), "diff", AttrCheckFlags::FILE_THEN_INDEX)
+            .map_err(git_err(git_path(path), "cannot read attributes"))?;
+        if attr.is_some() {
+            return Ok(None);
+        }
+    }
+    let odb = repo
+        .odb()
+        .map_err(git_err(gitdir, "cannot open the object database"))?;
+    let mut out = Vec::new();
+    for (path, (old, new)) in deltas {
+        let read = |side: &Option<(Oid, u32)>| -> Result<Vec<u8>> {
+            match side {
+                Some((id, _)) => odb
+                    .read(*id)
+                    .map(|o| o.data().to_vec())
+                    .map_err(git_err(git_path(path), format!("cannot read blob {id}"))),
+                None => Ok(Vec::new()),
+            }
+        };
+        let (old_data, new_data) = (read(old)?, read(new)?);
+        print_file(path, *old, *new, &old_data, &new_data, &mut out)?;
+    }
+    Ok(Some(out))
+}
+
+/// Prints one file's header and hunks.
+fn print_file(
+    path: &[u8],
+    old: Option<(Oid, u32)>,
+    new: Option<(Oid, u32)>,
+    old_data: &[u8],
+    new_data: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let what = git_path(path);
+    let short = |side: Option<(Oid, u32)>| {
+        let mut hex = side.map_or_else(|| Oid::zero().to_string(), |(id, _)| id.to_string());
+        hex.truncate(ABBREV);
+        hex
+    };
+    let p = String::from_utf8_lossy(path);
+    let _ = writeln!(out, "diff --git a/{p} b/{p}");
+    let (old_mode, new_mode) = (old.map_or(0, |(_, m)| m), new.map_or(0, |(_, m)| m));
+    if old_mode == new_mode {
+        let _ = writeln!(out, "index {}..{} {old_mode:o}", short(old), short(new));
+    } else {
+        if old.is_none() {
+            let _ = writeln!(out, "new file mode {new_mode:o}");
+        } else if new.is_none() {
+            let _ = writeln!(out, "deleted file mode {old_mode:o}");
+        } else {
+            let _ = writeln!(out, "old mode {old_mode:o}");
+            let _ = writeln!(out, "new mode {new_mode:o}");
+        }
+        if old.map(|(id, _)| id) != new.map(|(id, _)| id) {
+            let _ = writeln!(out, "index {}..{}", short(old), short(new));
+        }
+    }
+    if old.map(|(id, _)| id) == new.map(|(id, _)| id) {
+        return Ok(()); // a mode change alone
+    }
+    let old_name = if old.is_some() {
+        format!("a/{p}")
+    } else {
+        "/dev/null".to_owned()
+    };
+    let new_name = if new.is_some() {
+        format!("b/{p}")
+    } else {
+        "/dev/null".to_owned()
+    };
+    let mut opts = DiffOptions::new();
+    let patch = Patch::from_buffers(old_data, Some(what), new_data, Some(what), Some(&mut opts))
+        .map_err(git_err(what, "cannot compute the patch"))?;
+    if patch.delta().flags().is_binary() {
+        let _ = writeln!(out, "Binary files {old_name} and {new_name} differ");
+        return Ok(());
+    }
+    let _ = writeln!(out, "--- {old_name}");
+    let _ = writeln!(out, "+++ {new_name}");
+    let mut patch = patch;
+    patch
+        .print(&mut |_delta, _hunk, line| {
+            match line.origin() {
+                'F' | 'B' => {}
+                o @ ('+' | '-' | ' ') => {
+                    out.push(o as u8);
+                    out.extend_from_slice(line.content());
+                }
+                _ => out.extend_from_slice(line.content()),
+            }
+            true
+        })
+        .map_err(git_err(what, "cannot print the patch"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_git_would_quote_take_the_tree_comparison() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = Repository::init(tmp.path()).unwrap();
+        let id = repo.blob(b"x\n").unwrap();
+        for name in [&b"tab\there"[..], b"quote\"d", "caf\u{e9}".as_bytes()] {
+            let mut d = Deltas::new();
+            d.insert(name.to_vec(), (None, Some((id, 0o100_644))));
+            assert!(of_deltas(&repo, &d).unwrap().is_none());
+        }
+        let mut d = Deltas::new();
+        d.insert(b"plain name.txt".to_vec(), (None, Some((id, 0o100_644))));
+        let patch = of_deltas(&repo, &d).unwrap().unwrap();
+        assert!(
+            String::from_utf8(patch).unwrap().starts_with(
+                "diff --git a/plain name.txt b/plain name.txt\nnew file mode 100644\n"
+            )
+        );
+    }
+}
