@@ -206,9 +206,14 @@ pub fn run(ctx: &Ctx, args: &SnapshotArgs) -> Result<u8> {
             })?;
             ctx.emit(&report, || {
                 format!(
-                    "removed {} snapshot(s), kept {}",
+                    "removed {} snapshot(s), kept {}{}",
                     report.removed.len(),
-                    report.kept
+                    report.kept,
+                    if report.packs_merged {
+                        "; merged small packs"
+                    } else {
+                        ""
+                    }
                 )
             })?;
         }
