@@ -226,8 +226,8 @@ fn write_read_only(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// A version-2 pack of `objects`, whole (no deltas), ending in its
-/// checksum; and each object's offset in it.
-fn pack_bytes(objects: &[Pending]) -> (Vec<u8>, Vec<u64>) {
+/// checksum; and each object's offset in it and the CRC-32 of its entry.
+fn pack_bytes(objects: &[Pending]) -> (Vec<u8>, Vec<(u64, u32)>) {
     let body: usize = objects.iter().map(|o| o.deflated.len() + 10).sum();
     let mut out = Vec::with_capacity(12 + body + 20);
     let mut offsets = Vec::with_capacity(objects.len());
@@ -240,7 +240,7 @@ fn pack_bytes(objects: &[Pending]) -> (Vec<u8>, Vec<u64>) {
             .to_be_bytes(),
     );
     for o in objects {
-        offsets.push(out.len() as u64);
+        let start = out.len();
         let kind: u8 = match o.kind {
             ObjectType::Commit => 1,
             ObjectType::Tree => 2,
@@ -249,6 +249,10 @@ fn pack_bytes(objects: &[Pending]) -> (Vec<u8>, Vec<u64>) {
         };
         entry_header(kind, o.size, &mut out);
         out.extend_from_slice(&o.deflated);
+        // The index keeps a CRC-32 of each entry as stored.
+        let mut crc = flate2::Crc::new();
+        crc.update(out.get(start..).unwrap_or_default());
+        offsets.push((start as u64, crc.sum()));
     }
     let sum = sha1_smol::Sha1::from(&out).digest().bytes();
     out.extend_from_slice(&sum);
@@ -258,7 +262,7 @@ fn pack_bytes(objects: &[Pending]) -> (Vec<u8>, Vec<u64>) {
 /// The version-2 index of a pack written by [`pack_bytes`]: fan-out table,
 /// sorted ids, CRC-32 of each entry, offsets, the pack's checksum and the
 /// index's own.
-fn index_bytes(objects: &[Pending], offsets: &[u64], pack_sum: &[u8]) -> Vec<u8> {
+fn index_bytes(objects: &[Pending], offsets: &[(u64, u32)], pack_sum: &[u8]) -> Vec<u8> {
     let mut order: Vec<usize> = (0..objects.len()).collect();
     order.sort_by_key(|&i| objects.get(i).map(|o| o.id));
     let n = objects.len();
@@ -275,35 +279,23 @@ fn index_bytes(objects: &[Pending], offsets: &[u64], pack_sum: &[u8]) -> Vec<u8>
     for count in fanout {
         out.extend_from_slice(&count.to_be_bytes());
     }
-    let sorted: Vec<(&Pending, u64)> = order
+    let sorted: Vec<(&Pending, (u64, u32))> = order
         .iter()
         .filter_map(|&i| Some((objects.get(i)?, *offsets.get(i)?)))
         .collect();
     for (o, _) in &sorted {
         out.extend_from_slice(o.id.as_bytes());
     }
-    for (o, _) in &sorted {
-        // The CRC covers the entry as stored: header and deflated data.
-        let mut header = Vec::with_capacity(10);
-        let kind: u8 = match o.kind {
-            ObjectType::Commit => 1,
-            ObjectType::Tree => 2,
-            ObjectType::Tag => 4,
-            _ => 3,
-        };
-        entry_header(kind, o.size, &mut header);
-        let mut crc = flate2::Crc::new();
-        crc.update(&header);
-        crc.update(&o.deflated);
-        out.extend_from_slice(&crc.sum().to_be_bytes());
+    for (_, (_, crc)) in &sorted {
+        out.extend_from_slice(&crc.to_be_bytes());
     }
     let large: Vec<u64> = sorted
         .iter()
-        .map(|(_, off)| *off)
+        .map(|(_, (off, _))| *off)
         .filter(|off| *off >= 1 << 31)
         .collect();
     let mut next_large = 0u32;
-    for (_, offset) in &sorted {
+    for (_, (offset, _)) in &sorted {
         let word = match u32::try_from(*offset) {
             Ok(small) if small < 1 << 31 => small,
             _ => {
@@ -520,6 +512,38 @@ mod tests {
         assert!(parse_tree(b"10064x a\0aaaaaaaaaaaaaaaaaaaa").is_none());
         assert!(parse_tree(b" a\0aaaaaaaaaaaaaaaaaaaa").is_none());
         assert_eq!(parse_tree(b"").map(|v| v.len()), Some(0));
+    }
+
+    #[test]
+    fn a_large_batch_is_written_as_several_packs_before_it_grows_too_big() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = Repository::init(tmp.path()).unwrap();
+        let mut batch = ObjectBatch::new();
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut ids = Vec::new();
+        // Incompressible 1 MB blobs, past FLUSH_BYTES in all.
+        for _ in 0..(FLUSH_BYTES >> 20) + 4 {
+            let data: Vec<u8> = (0..1 << 20)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng.to_le_bytes()[0]
+                })
+                .collect();
+            ids.push((
+                batch
+                    .add(&repo, ObjectType::Blob, &data, tmp.path())
+                    .unwrap(),
+                data,
+            ));
+        }
+        assert!(batch.pending() < ids.len(), "nothing was flushed");
+        batch.write(&repo).unwrap();
+        for (id, data) in &ids {
+            assert_eq!(repo.find_blob(*id).unwrap().content(), data.as_slice());
+        }
+        assert!(crate::manage::pack_count(repo.path()) >= 2);
     }
 
     #[test]
