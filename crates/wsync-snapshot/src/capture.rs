@@ -215,7 +215,7 @@ pub(crate) fn capture_from(
         filemode,
     })?;
     let mut batch = ObjectBatch::new();
-    let (work_tree_id, changed, deltas) = work_tree(
+    let (work_tree_id, deltas) = work_tree(
         repo,
         &mut batch,
         &store.workspace,
@@ -223,6 +223,7 @@ pub(crate) fn capture_from(
         &scan,
         filemode,
     )?;
+    let changed: BTreeSet<Vec<u8>> = deltas.keys().cloned().collect();
     let mut status_paths = changed.clone();
 
     let find_tree = |id: Oid| {
@@ -286,7 +287,6 @@ pub(crate) fn capture_from(
     // A backstop for when nothing runs `cleanup`; a failure here only
     // leaves more packs, never a worse snapshot.
     let _ = crate::manage::maintain_packs(&gitdir, crate::manage::PACKS_HARD_LIMIT);
-    let work_tree = find_tree(work_tree_id)?;
 
     // Reserve an id by creating its ref (atomic, fails if it exists).
     let base = format!(
@@ -351,7 +351,10 @@ pub(crate) fn capture_from(
                 }
             }
         })?,
-        None => write_patch_file(repo, head_tree.as_ref(), &work_tree, only, &diff_path)?,
+        None => {
+            let work_tree = find_tree(work_tree_id)?;
+            write_patch_file(repo, head_tree.as_ref(), &work_tree, only, &diff_path)?
+        }
     };
     if opts.bundle
         && let Err(e) = crate::manage::create_bundle(store, repo, &id)
@@ -485,7 +488,8 @@ pub(crate) fn write_patch(
 
 /// The whole working tree's tree: the index tree with what the scan found
 /// different applied (only the changed folders are rewritten), and the
-/// paths that differ from the index. New blobs and trees go into `batch`.
+/// paths that differ from the index with their index and working
+/// versions. New blobs and trees go into `batch`.
 fn work_tree(
     repo: &Repository,
     batch: &mut ObjectBatch,
@@ -493,7 +497,7 @@ fn work_tree(
     index_tree: Oid,
     scan: &crate::scan::Scan,
     filemode: bool,
-) -> Result<(Oid, BTreeSet<Vec<u8>>, crate::patch::Deltas)> {
+) -> Result<(Oid, crate::patch::Deltas)> {
     let mut changes: Changes = BTreeMap::new();
     // Path → its index version, for the tracked paths that changed.
     let mut olds: BTreeMap<&[u8], (Oid, u32)> = BTreeMap::new();
@@ -526,13 +530,12 @@ fn work_tree(
             changes.insert(path.clone(), Some((e.id, e.mode)));
         }
     }
-    let paths = changes.keys().cloned().collect();
     let deltas = changes
         .iter()
         .map(|(path, new)| (path.clone(), (olds.get(path.as_slice()).copied(), *new)))
         .collect();
     if changes.is_empty() {
-        return Ok((index_tree, paths, deltas));
+        return Ok((index_tree, deltas));
     }
     let odb = repo
         .odb()
@@ -541,7 +544,7 @@ fn work_tree(
         Some(id) => id,
         None => batch.add(repo, ObjectType::Tree, b"", repo.path())?,
     };
-    Ok((id, paths, deltas))
+    Ok((id, deltas))
 }
 
 /// Path → new (blob, mode), or `None` for removed.
