@@ -11,9 +11,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, Metadata};
 use std::io::{Read as _, Write};
-use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::ffi::OsStringExt as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering as AtomicOrdering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::Utc;
@@ -284,9 +285,16 @@ pub(crate) fn capture_from(
     )?;
     // Every new object, in one pack, before the ref that names them.
     batch.write(repo)?;
-    // A backstop for when nothing runs `cleanup`; a failure here only
-    // leaves more packs, never a worse snapshot.
-    let _ = crate::manage::maintain_packs(&gitdir, crate::manage::PACKS_HARD_LIMIT);
+    // A backstop for when nothing runs `cleanup`, checked on every 16th
+    // capture of a process (counting packs reads `objects/pack`); a
+    // failure here only leaves more packs, never a worse snapshot.
+    static CAPTURES: AtomicU32 = AtomicU32::new(0);
+    if CAPTURES
+        .fetch_add(1, AtomicOrdering::Relaxed)
+        .is_multiple_of(16)
+    {
+        let _ = crate::manage::maintain_packs(repo, crate::manage::PACKS_HARD_LIMIT);
+    }
 
     // Reserve an id by creating its ref (atomic, fails if it exists).
     let base = format!(
@@ -306,16 +314,17 @@ pub(crate) fn capture_from(
             continue;
         }
         let refname = format!("{REF_PREFIX}{id}");
-        match repo.reference(&refname, commit_id, false, &format!("wsync snapshot {id}")) {
-            Ok(_) => break id,
-            Err(e) if e.code() == ErrorCode::Exists && n < 100_000 => {}
-            Err(e) => {
-                return Err(Error::Git {
-                    path: gitdir.join(&refname),
-                    what: "cannot create the snapshot ref".into(),
-                    source: e,
-                });
-            }
+        if objects::create_ref(repo.commondir(), &refname, commit_id)? {
+            break id;
+        }
+        if n >= 100_000 {
+            return Err(Error::Io {
+                path: repo.commondir().join(&refname),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "no free snapshot id in this second",
+                ),
+            });
         }
     };
     let snapshot_ref = format!("{REF_PREFIX}{id}");
@@ -336,7 +345,7 @@ pub(crate) fn capture_from(
     // Only working files differ from HEAD (the common case): the patch
     // comes from those files alone, without comparing trees.
     let fast = if !had_conflicts && head_tree.as_ref().map(Tree::id) == Some(index_tree_id) {
-        crate::patch::of_deltas(repo, &deltas)?
+        crate::patch::of_deltas(repo, &batch, &deltas)?
     } else {
         None
     };
@@ -682,7 +691,9 @@ fn read_entry(
                 Ok(again) if same_stat(&meta, &again) => {}
                 _ => continue,
             }
-            let oid = batch.add(repo, ObjectType::Blob, target.as_os_str().as_bytes(), abs)?;
+            let target = target.into_os_string().into_vec();
+            let oid = batch.add(repo, ObjectType::Blob, &target, abs)?;
+            batch.keep(oid, target);
             return Ok(Some(index_entry(&meta, 0o120_000, oid, rel)));
         }
         if !ft.is_file() {
@@ -779,6 +790,7 @@ fn write_blob(
             return Ok(Some(id));
         }
         batch.add_hashed(repo, id, ObjectType::Blob, &buf, abs)?;
+        batch.keep(id, buf);
         return Ok(Some(id));
     }
     let odb = repo

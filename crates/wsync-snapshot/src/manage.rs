@@ -82,9 +82,9 @@ pub const PACKS_BEFORE_MERGE: usize = 16;
 /// `cleanup`).
 pub(crate) const PACKS_HARD_LIMIT: usize = 64;
 
-/// How many packs the repository at `gitdir` has.
-pub(crate) fn pack_count(gitdir: &Path) -> usize {
-    std::fs::read_dir(gitdir.join("objects/pack")).map_or(0, |dir| {
+/// How many packs the repository whose common folder is `common` has.
+pub(crate) fn pack_count(common: &Path) -> usize {
+    std::fs::read_dir(common.join("objects/pack")).map_or(0, |dir| {
         dir.filter_map(std::result::Result::ok)
             .filter(|e| e.file_name().as_encoded_bytes().ends_with(b".idx"))
             .count()
@@ -93,12 +93,12 @@ pub(crate) fn pack_count(gitdir: &Path) -> usize {
 
 /// Merges small packs when there are more than `limit`; returns whether it
 /// did.
-pub(crate) fn maintain_packs(gitdir: &Path, limit: usize) -> Result<bool> {
-    if pack_count(gitdir) <= limit {
+pub(crate) fn maintain_packs(repo: &Repository, limit: usize) -> Result<bool> {
+    if pack_count(repo.commondir()) <= limit {
         return Ok(false);
     }
     run_git(
-        gitdir,
+        repo.path(),
         &[
             "repack".as_ref(),
             "--geometric=2".as_ref(),
@@ -437,7 +437,7 @@ pub(crate) fn cleanup(store: &SnapshotStore, retention: &Retention) -> Result<Cl
     if store.dir.exists() {
         fsutil::sync_dir(&store.dir)?;
     }
-    report.packs_merged = maintain_packs(&gitdir, PACKS_BEFORE_MERGE)?;
+    report.packs_merged = maintain_packs(&repo, PACKS_BEFORE_MERGE)?;
     Ok(report)
 }
 

@@ -11,12 +11,14 @@
 //! back, names git quotes — this returns `None` and the caller compares
 //! trees as before.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 
 use git2::{AttrCheckFlags, DiffOptions, Oid, Patch, Repository};
 
 use crate::fsutil::git_path;
+use crate::objects::ObjectBatch;
 use crate::{Result, git_err};
 
 /// Path → (HEAD version, working version) as (blob, mode); `None` where
@@ -31,7 +33,11 @@ const GITLINK: u32 = 0o160_000;
 
 /// The patch of `deltas` (HEAD → working files), or `None` when the trees
 /// must be compared instead (see the module docs).
-pub(crate) fn of_deltas(repo: &Repository, deltas: &Deltas) -> Result<Option<Vec<u8>>> {
+pub(crate) fn of_deltas(
+    repo: &Repository,
+    batch: &ObjectBatch,
+    deltas: &Deltas,
+) -> Result<Option<Vec<u8>>> {
     for (path, (old, new)) in deltas {
         if path
             .iter()
@@ -66,13 +72,16 @@ pub(crate) fn of_deltas(repo: &Repository, deltas: &Deltas) -> Result<Option<Vec
         .map_err(git_err(gitdir, "cannot open the object database"))?;
     let mut out = Vec::new();
     for (path, (old, new)) in deltas {
-        let read = |side: &Option<(Oid, u32)>| -> Result<Vec<u8>> {
+        let read = |side: &Option<(Oid, u32)>| -> Result<Cow<'_, [u8]>> {
             match side {
-                Some((id, _)) => odb
-                    .read(*id)
-                    .map(|o| o.data().to_vec())
-                    .map_err(git_err(git_path(path), format!("cannot read blob {id}"))),
-                None => Ok(Vec::new()),
+                Some((id, _)) => match batch.blob(*id) {
+                    Some(data) => Ok(Cow::Borrowed(data)),
+                    None => odb
+                        .read(*id)
+                        .map(|o| Cow::Owned(o.data().to_vec()))
+                        .map_err(git_err(git_path(path), format!("cannot read blob {id}"))),
+                },
+                None => Ok(Cow::Borrowed(&[])),
             }
         };
         let (old_data, new_data) = (read(old)?, read(new)?);
@@ -165,11 +174,11 @@ mod tests {
         for name in [&b"tab\there"[..], b"quote\"d", "caf\u{e9}".as_bytes()] {
             let mut d = Deltas::new();
             d.insert(name.to_vec(), (None, Some((id, 0o100_644))));
-            assert!(of_deltas(&repo, &d).unwrap().is_none());
+            assert!(of_deltas(&repo, &ObjectBatch::new(), &d).unwrap().is_none());
         }
         let mut d = Deltas::new();
         d.insert(b"plain name.txt".to_vec(), (None, Some((id, 0o100_644))));
-        let patch = of_deltas(&repo, &d).unwrap().unwrap();
+        let patch = of_deltas(&repo, &ObjectBatch::new(), &d).unwrap().unwrap();
         assert!(
             String::from_utf8(patch).unwrap().starts_with(
                 "diff --git a/plain name.txt b/plain name.txt\nnew file mode 100644\n"

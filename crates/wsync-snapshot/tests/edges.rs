@@ -674,3 +674,57 @@ fn the_patch_printed_from_changed_files_equals_the_tree_comparison() {
         String::from_utf8_lossy(&want)
     );
 }
+
+#[test]
+fn a_linked_worktree_keeps_its_snapshot_objects_and_refs_in_the_common_repository() {
+    let repo = TestRepo::with_commit();
+    let linked = repo.path().parent().unwrap().join(format!(
+        "{}-linked",
+        repo.path().file_name().unwrap().to_string_lossy()
+    ));
+    git(
+        repo.path(),
+        &[
+            "worktree".as_ref(),
+            "add".as_ref(),
+            "-q".as_ref(),
+            "-b".as_ref(),
+            "side".as_ref(),
+            linked.as_os_str(),
+        ],
+    );
+    let wt = TestRepo::at(&linked);
+    let st = SnapshotStore::open(wt.path(), &repo.path().join(".wsync-linked")).unwrap();
+    std::fs::write(repo.path().join(".git/info/exclude"), "/.wsync-linked/\n").unwrap();
+    wt.write("in-linked.txt", "only in the linked worktree\n");
+    let snap = capture(&st);
+    // Seen from the main worktree: git finds the ref and every object.
+    let refname = format!("refs/wsync/snapshots/{}", snap.id);
+    assert_eq!(
+        git(repo.path(), &["rev-parse", &refname]).trim(),
+        snap.commit
+    );
+    assert_eq!(
+        blob(&repo, &snap.commit, "in-linked.txt"),
+        b"only in the linked worktree\n"
+    );
+    assert!(
+        !repo
+            .path()
+            .join(".git/worktrees")
+            .read_dir()
+            .unwrap()
+            .any(|e| { e.unwrap().path().join("objects").exists() })
+    );
+    let fsck = git_output(repo.path(), &["fsck", "--strict", "--no-dangling"]);
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    // And it restores in the linked worktree.
+    wt.write("in-linked.txt", "changed\n");
+    st.restore(&snap.id, &RestoreOptions::default()).unwrap();
+    assert_eq!(wt.read("in-linked.txt"), "only in the linked worktree\n");
+    std::fs::remove_dir_all(&linked).unwrap();
+}
