@@ -22,7 +22,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::process::exit(2);
     };
     let store = SnapshotStore::open(&PathBuf::from(work), &PathBuf::from(state))?;
-    let mut live = store.live(&LiveOptions::default())?;
+    // The attribute files libgit2 reads outside the repository, found as
+    // the `wsync` daemon finds them (see `LiveOptions::attribute_files`).
+    let env = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    let user = match env("XDG_CONFIG_HOME") {
+        Some(xdg) => Some(PathBuf::from(xdg).join("git/attributes")),
+        None => env("HOME").map(|home| PathBuf::from(home).join(".config/git/attributes")),
+    };
+    let mut live = store.live(&LiveOptions {
+        attribute_files: user.map(|user| vec![PathBuf::from("/etc/gitattributes"), user]),
+        ..LiveOptions::default()
+    })?;
     let opts = CaptureOptions {
         reason: "live bench".into(),
         ..CaptureOptions::default()

@@ -345,7 +345,7 @@ pub(crate) fn capture_from(
     // Only working files differ from HEAD (the common case): the patch
     // comes from those files alone, without comparing trees.
     let fast = if !had_conflicts && head_tree.as_ref().map(Tree::id) == Some(index_tree_id) {
-        crate::patch::of_deltas(repo, &batch, &deltas)?
+        crate::patch::of_deltas(repo, &batch, &deltas, store.attribute_files.as_deref())?
     } else {
         None
     };

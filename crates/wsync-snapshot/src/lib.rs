@@ -316,6 +316,9 @@ pub struct SnapshotStore {
     /// The state folder relative to the workspace, as an ignore rule, when
     /// it lies inside it (so that snapshots never capture or remove it).
     state_rule: Option<String>,
+    /// The system's and the user's attribute files, when the application
+    /// gave them ([`LiveOptions::attribute_files`]).
+    attribute_files: Option<Vec<PathBuf>>,
 }
 
 impl SnapshotStore {
@@ -353,6 +356,7 @@ impl SnapshotStore {
             workspace: workdir,
             state_dir,
             state_rule,
+            attribute_files: None,
         })
     }
 

@@ -51,6 +51,17 @@ pub struct LiveOptions {
     /// More recorded paths than this between two captures means a full
     /// scan (default 50,000).
     pub max_recorded: usize,
+    /// The attribute files outside the repository that libgit2 reads: the
+    /// system's (`/etc/gitattributes`) and the user's
+    /// (`$XDG_CONFIG_HOME/git/attributes`, else
+    /// `~/.config/git/attributes`). Finding the user's takes the
+    /// environment, which this library does not read, so the application
+    /// passes them. When given, a capture whose changed paths no attribute
+    /// file can reach (none of these, no `core.attributesFile`, no
+    /// `info/attributes`, no `.gitattributes` in their folders) prints its
+    /// patch without asking libgit2 about each path's attributes (a dozen
+    /// file-system calls a path). `None` (default): libgit2 is asked.
+    pub attribute_files: Option<Vec<PathBuf>>,
 }
 
 impl Default for LiveOptions {
@@ -59,6 +70,7 @@ impl Default for LiveOptions {
             full_scan_every: Duration::from_secs(600),
             barrier_timeout: Duration::from_secs(2),
             max_recorded: 50_000,
+            attribute_files: None,
         }
     }
 }
@@ -187,9 +199,11 @@ impl SnapshotStore {
             std::process::id(),
             INSTANCES.fetch_add(1, Ordering::Relaxed)
         );
+        let mut store = self.clone();
+        store.attribute_files.clone_from(&opts.attribute_files);
         Ok(LiveScan {
             token,
-            store: self.clone(),
+            store,
             repo,
             opts: opts.clone(),
             shared: Arc::new(Shared::default()),

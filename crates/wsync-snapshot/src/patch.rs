@@ -12,8 +12,9 @@
 //! trees as before.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
+use std::path::{Path, PathBuf};
 
 use git2::{AttrCheckFlags, DiffOptions, Oid, Patch, Repository};
 
@@ -33,10 +34,16 @@ const GITLINK: u32 = 0o160_000;
 
 /// The patch of `deltas` (HEAD → working files), or `None` when the trees
 /// must be compared instead (see the module docs).
+///
+/// `attribute_files` are the system's and the user's attribute files
+/// (see [`crate::LiveOptions::attribute_files`]); when given, and no
+/// attribute file can reach the changed paths, libgit2 is not asked about
+/// each path's attributes.
 pub(crate) fn of_deltas(
     repo: &Repository,
     batch: &ObjectBatch,
     deltas: &Deltas,
+    attribute_files: Option<&[PathBuf]>,
 ) -> Result<Option<Vec<u8>>> {
     for (path, (old, new)) in deltas {
         if path
@@ -59,7 +66,11 @@ pub(crate) fn of_deltas(
     if config.get_entry("core.abbrev").is_ok() {
         return Ok(None);
     }
-    for path in deltas.keys() {
+    let unreachable = match attribute_files {
+        Some(global) => !attributes_may_apply(repo, &config, global, deltas)?,
+        None => false,
+    };
+    for path in deltas.keys().filter(|_| !unreachable) {
         let attr = repo
             .get_attr_bytes(git_path(path), "diff", AttrCheckFlags::FILE_THEN_INDEX)
             .map_err(git_err(git_path(path), "cannot read attributes"))?;
@@ -88,6 +99,56 @@ pub(crate) fn of_deltas(
         print_file(path, *old, *new, &old_data, &new_data, &mut out)?;
     }
     Ok(Some(out))
+}
+
+/// Whether an attribute file could apply to a path of `deltas`: one of
+/// `global`, the file `core.attributesFile` names, the repository's
+/// `info/attributes`, or a `.gitattributes` in the working tree or the
+/// index in a folder from the root down to a changed path — every source
+/// libgit2 reads for a lookup. Existence is enough (nothing is read); a
+/// file that cannot be checked counts as present.
+fn attributes_may_apply(
+    repo: &Repository,
+    config: &git2::Config,
+    global: &[PathBuf],
+    deltas: &Deltas,
+) -> Result<bool> {
+    let present = |path: &Path| match std::fs::symlink_metadata(path) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    };
+    if global.iter().any(|p| present(p)) || present(&repo.commondir().join("info/attributes")) {
+        return Ok(true);
+    }
+    if let Ok(path) = config.get_path("core.attributesFile")
+        && present(&path)
+    {
+        return Ok(true);
+    }
+    let Some(root) = repo.workdir() else {
+        return Ok(true);
+    };
+    let index = repo
+        .index()
+        .map_err(git_err(repo.path(), "cannot read the index"))?;
+    let mut folders: BTreeSet<&[u8]> = BTreeSet::new();
+    for path in deltas.keys() {
+        folders.insert(b"");
+        for (i, _) in path.iter().enumerate().filter(|(_, b)| **b == b'/') {
+            folders.insert(path.get(..i).unwrap_or_default());
+        }
+    }
+    for folder in folders {
+        let mut name = folder.to_vec();
+        if !name.is_empty() {
+            name.push(b'/');
+        }
+        name.extend_from_slice(b".gitattributes");
+        if present(&root.join(git_path(&name))) || index.get_path(git_path(&name), 0).is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Prints one file's header and hunks.
@@ -174,11 +235,17 @@ mod tests {
         for name in [&b"tab\there"[..], b"quote\"d", "caf\u{e9}".as_bytes()] {
             let mut d = Deltas::new();
             d.insert(name.to_vec(), (None, Some((id, 0o100_644))));
-            assert!(of_deltas(&repo, &ObjectBatch::new(), &d).unwrap().is_none());
+            assert!(
+                of_deltas(&repo, &ObjectBatch::new(), &d, None)
+                    .unwrap()
+                    .is_none()
+            );
         }
         let mut d = Deltas::new();
         d.insert(b"plain name.txt".to_vec(), (None, Some((id, 0o100_644))));
-        let patch = of_deltas(&repo, &ObjectBatch::new(), &d).unwrap().unwrap();
+        let patch = of_deltas(&repo, &ObjectBatch::new(), &d, None)
+            .unwrap()
+            .unwrap();
         assert!(
             String::from_utf8(patch).unwrap().starts_with(
                 "diff --git a/plain name.txt b/plain name.txt\nnew file mode 100644\n"

@@ -44,6 +44,9 @@ enum Op {
     Gitignore(usize),
     /// Same-size rewrite of a file right after the index was written.
     SameSize(usize),
+    /// Writes `.gitattributes` (at the root, or in one of `DIRS`) with one
+    /// of a few rule sets that change how the patch prints files.
+    Attributes(Option<usize>, usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -55,11 +58,12 @@ fn op() -> impl Strategy<Value = Op> {
         1 => p.clone().prop_map(Op::Chmod),
         1 => p.clone().prop_map(Op::Symlink),
         2 => (d.clone(), d.clone()).prop_map(|(a, b)| Op::RenameDir(a, b)),
-        1 => d.prop_map(Op::RemoveDir),
+        1 => d.clone().prop_map(Op::RemoveDir),
         2 => p.clone().prop_map(Op::Stage),
         1 => Just(Op::Commit),
         1 => (0..3usize).prop_map(Op::Gitignore),
         1 => p.prop_map(Op::SameSize),
+        1 => (prop::option::of(d.clone()), 0..3usize).prop_map(|(d, r)| Op::Attributes(d, r)),
     ]
 }
 
@@ -136,6 +140,13 @@ fn apply(repo: &TestRepo, op: &Op) {
             let rules: &[u8] = [&b""[..], b"build/\n", b"*.txt\n!a.txt\n"][*i];
             std::fs::write(root.join(".gitignore"), rules).unwrap();
         }
+        Op::Attributes(d, i) => {
+            let dir = d.map_or_else(|| root.to_path_buf(), |d| root.join(DIRS[d]));
+            let rules: &[u8] = [&b"*.txt -diff\n"[..], b"*.sh binary\n", b"d.sh diff\n"][*i];
+            if dir.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+                std::fs::write(dir.join(".gitattributes"), rules).unwrap();
+            }
+        }
     }
 }
 
@@ -151,10 +162,27 @@ fn trees(repo: &TestRepo, snap: &Snapshot) -> (String, String) {
     (work.tree_id().to_string(), index.tree_id().to_string())
 }
 
+/// The system's and the user's attribute files, found as libgit2 (in this
+/// process) finds them.
+fn attribute_files() -> Vec<std::path::PathBuf> {
+    let mut files = vec![std::path::PathBuf::from("/etc/gitattributes")];
+    match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => files.push(Path::new(&x).join("git/attributes")),
+        None => files
+            .extend(std::env::var_os("HOME").map(|h| Path::new(&h).join(".config/git/attributes"))),
+    }
+    files
+}
+
 fn live(repo: &TestRepo) -> (SnapshotStore, LiveScan) {
     std::fs::write(repo.path().join(".git/info/exclude"), "*.log\n").unwrap();
     let store = SnapshotStore::open(repo.path(), &repo.path().join(".wsync")).unwrap();
-    let live = store.live(&LiveOptions::default()).unwrap();
+    let live = store
+        .live(&LiveOptions {
+            attribute_files: Some(attribute_files()),
+            ..LiveOptions::default()
+        })
+        .unwrap();
     (store, live)
 }
 
@@ -362,4 +390,54 @@ fn too_many_changes_between_captures_mean_a_full_scan() {
     repo.write("f0.txt", "y\n");
     live.capture(&opts).unwrap();
     assert_eq!(live.stats().incremental_scans, 1);
+}
+
+/// Every place an attribute can come from makes the patch mark the file as
+/// binary, as the tree comparison does; without attributes it has hunks.
+#[test]
+fn attributes_from_every_source_reach_the_patch() {
+    type Setup = fn(&TestRepo);
+    let cases: &[(&str, Setup)] = &[
+        ("none", |_| {}),
+        ("root .gitattributes", |r| {
+            r.write(".gitattributes", "*.txt -diff\n");
+        }),
+        ("folder .gitattributes", |r| {
+            r.write("dir/.gitattributes", "*.txt -diff\n");
+        }),
+        ("in the index only", |r| {
+            r.write("dir/.gitattributes", "*.txt -diff\n");
+            r.commit_all("attributes");
+            std::fs::remove_file(r.path().join("dir/.gitattributes")).unwrap();
+            r.git(&["update-index", "--assume-unchanged", "dir/.gitattributes"]);
+        }),
+        ("info/attributes", |r| {
+            std::fs::write(r.path().join(".git/info/attributes"), "*.txt -diff\n").unwrap();
+        }),
+        ("core.attributesFile", |r| {
+            let file = r.path().join(".git/my-attributes");
+            std::fs::write(&file, "*.txt -diff\n").unwrap();
+            r.git(&["config", "core.attributesFile", file.to_str().unwrap()]);
+        }),
+    ];
+    for (what, setup) in cases {
+        let repo = TestRepo::new();
+        repo.write("dir/c.txt", "one\n");
+        repo.write("a.txt", "one\n");
+        repo.commit_all("base");
+        // Before the scan starts: libgit2 reads `core.attributesFile` once
+        // per repository object.
+        setup(&repo);
+        let (store, mut live) = live(&repo);
+        live.capture(&CaptureOptions::default()).unwrap();
+        repo.write("dir/c.txt", "one\ntwo\n");
+        let snap = live.capture(&CaptureOptions::default()).unwrap();
+        let written =
+            String::from_utf8(std::fs::read(store.file(&snap.id, "diff")).unwrap()).unwrap();
+        std::fs::remove_file(store.file(&snap.id, "diff")).unwrap();
+        let regenerated = String::from_utf8(store.diff(&snap.id).unwrap()).unwrap();
+        assert_eq!(written, regenerated, "{what}");
+        let binary = written.contains("Binary files a/dir/c.txt and b/dir/c.txt differ");
+        assert_eq!(binary, *what != "none", "{what}: {written}");
+    }
 }

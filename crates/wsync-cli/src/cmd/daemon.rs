@@ -290,6 +290,7 @@ pub fn run_loop(ctx: &Ctx, opts: &LoopOptions) -> Result<u8> {
         None
     };
     let mut runner = EngineRunner::new(&ctx.workspace, &ctx.state_dir);
+    runner.live_options = crate::ctx::live_options();
     let dl = logger.clone();
     d.run(&mut runner, &mut |ev| {
         if let Some(l) = daemon_line(&ev) {

@@ -97,6 +97,7 @@ pub fn run_process(ctx: &Ctx, args: &ProcessArgs) -> Result<u8> {
         config.retry.clone(),
     );
     let mut runner = EngineRunner::new(&ctx.workspace, &ctx.state_dir);
+    runner.live_options = crate::ctx::live_options();
     let cancel = Arc::new(AtomicBool::new(false));
     crate::cmd::daemon::stop_on_signals(cancel.clone(), None)?;
     let done = processor.drain(&mut runner, &cancel, args.max)?;

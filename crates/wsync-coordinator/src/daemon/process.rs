@@ -78,6 +78,9 @@ pub struct EngineRunner {
     /// Keep a watching snapshot scan across runs, so pre-sync snapshots
     /// cost O(changed) (default true).
     pub live_snapshots: bool,
+    /// How that scan is set up (the application passes what only the
+    /// environment tells, such as [`LiveOptions::attribute_files`]).
+    pub live_options: LiveOptions,
     live: Option<Arc<Mutex<LiveScan>>>,
 }
 
@@ -89,6 +92,7 @@ impl EngineRunner {
             state_dir: state_dir.to_path_buf(),
             lock_wait: Duration::from_secs(5),
             live_snapshots: true,
+            live_options: LiveOptions::default(),
             live: None,
         }
     }
@@ -101,7 +105,7 @@ impl EngineRunner {
         }
         if self.live.is_none() {
             self.live = SnapshotStore::open(&self.workspace, &self.state_dir)
-                .and_then(|s| s.live(&LiveOptions::default()))
+                .and_then(|s| s.live(&self.live_options))
                 .ok()
                 .map(|l| Arc::new(Mutex::new(l)));
         }
