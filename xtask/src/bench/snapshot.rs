@@ -2,7 +2,8 @@
 //! modified files and one untracked file — wsync (in-process and through the
 //! CLI) against the old system's `git bundle create --all` + `git diff`, and
 //! against `git add -A` into a temporary index + `git write-tree` +
-//! `git commit-tree` — plus new disk bytes per snapshot and restore time.
+//! `git commit-tree` — plus the file-system floor under any capture, new disk
+//! bytes per snapshot and restore time.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -85,6 +86,91 @@ fn generate(work: &Path, files: usize) -> Result<()> {
     Ok(())
 }
 
+/// The paths [`modify`] changes in `round`.
+fn changed_paths(work: &Path, files: usize, round: usize) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = (0..10)
+        .map(|k| {
+            let i = (k * (files / 10) + 7) % files;
+            work.join(format!("d{:03}/f{i:05}.txt", i / 100))
+        })
+        .collect();
+    paths.push(work.join(format!("untracked-{round}.txt")));
+    paths
+}
+
+/// The file-system work any capture of a round must do, and nothing else:
+/// read the changed files whole; write the new objects' pack, its index
+/// and the ref (`sizes[0..3]`, unsynced, as wsync writes them); write the
+/// `.diff` and `.meta` (`sizes[3..5]`) through temp file + fsync + rename
+/// and fsync their folder, as the data-safety rule asks. No hashing, no
+/// trees, no diffing: the floor under any implementation.
+fn io_floor(
+    changed: &[PathBuf],
+    scratch: &Path,
+    round: usize,
+    sizes: [usize; 5],
+) -> Result<Duration> {
+    use std::io::{Read as _, Write as _};
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    for path in changed {
+        buf.clear();
+        std::fs::File::open(path)?.read_to_end(&mut buf)?;
+    }
+    let names = ["pack", "idx", "ref", "diff", "meta"];
+    let mut synced = Vec::new();
+    for (i, (name, size)) in names.iter().zip(sizes).enumerate() {
+        let tmp = scratch.join(format!("{name}-{round}.tmp"));
+        let mut f = std::fs::File::create_new(&tmp)?;
+        f.write_all(&vec![b'x'; size])?;
+        if i >= 3 {
+            f.sync_all()?;
+            synced.push(tmp);
+        } else {
+            drop(f);
+            std::fs::rename(&tmp, scratch.join(format!("{name}-{round}")))?;
+        }
+    }
+    for tmp in synced {
+        std::fs::rename(&tmp, tmp.with_extension(""))?;
+    }
+    std::fs::File::open(scratch)?.sync_all()?;
+    Ok(t.elapsed())
+}
+
+/// Sizes of what capture `id` wrote: its pack (the newest), the pack's
+/// index, the ref, `.diff`, `.meta`.
+fn written_sizes(work: &Path, state: &Path, id: &str) -> Result<[usize; 5]> {
+    let len = |p: &Path| -> Result<usize> {
+        Ok(usize::try_from(
+            std::fs::metadata(p)
+                .with_context(|| p.display().to_string())?
+                .len(),
+        )?)
+    };
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for e in std::fs::read_dir(work.join(".git/objects/pack"))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "pack") {
+            let m = std::fs::metadata(&p)?.modified()?;
+            if newest.as_ref().is_none_or(|(t, _)| m > *t) {
+                newest = Some((m, p));
+            }
+        }
+    }
+    let Some((_, pack)) = newest else {
+        bail!("no pack after a capture");
+    };
+    let snaps = state.join("snapshots");
+    Ok([
+        len(&pack)?,
+        len(&pack.with_extension("idx"))?,
+        41,
+        len(&snaps.join(format!("{id}.diff")))?,
+        len(&snaps.join(format!("{id}.meta")))?,
+    ])
+}
+
 fn modify(work: &Path, files: usize, round: usize) -> Result<()> {
     for k in 0..10 {
         let i = (k * (files / 10) + 7) % files;
@@ -145,19 +231,24 @@ impl LiveCapture {
         })
     }
 
-    /// One capture: (time inside the process, whether it was incremental).
-    fn capture(&mut self) -> Result<(Duration, bool)> {
+    /// One capture: (time inside the process, whether it was incremental,
+    /// the snapshot id).
+    fn capture(&mut self) -> Result<(Duration, bool, String)> {
         use std::io::{BufRead as _, Write as _};
         self.input.write_all(b"go\n")?;
         self.input.flush()?;
         let mut line = String::new();
         self.output.read_line(&mut line)?;
         let mut parts = line.split_whitespace();
-        let (Some(us), Some(scan)) = (parts.next(), parts.next()) else {
+        let (Some(us), Some(scan), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
             bail!("live_capture failed (answered {line:?})");
         };
         let us: u64 = us.parse().with_context(|| format!("bad answer {line:?}"))?;
-        Ok((Duration::from_micros(us), scan == "incremental"))
+        Ok((
+            Duration::from_micros(us),
+            scan == "incremental",
+            id.to_owned(),
+        ))
     }
 }
 
@@ -219,6 +310,13 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut wsync_disk, mut bundle_disk, mut addall_disk) = (0u64, 0u64, 0u64);
     let mut live = LiveCapture::start(ctx, &work, &state)?;
+    let (mut floor_t, mut one_off_floor_t) = (Vec::new(), Vec::new());
+    let tracked: Vec<PathBuf> = (0..files)
+        .map(|i| work.join(format!("d{:03}/f{i:05}.txt", i / 100)))
+        .collect();
+    // Beside the objects, on the same file system.
+    let scratch = work.join(".git/wsync-bench-floor");
+    std::fs::create_dir_all(&scratch)?;
     let mut live_incremental = 0usize;
     for round in 0..=runs {
         let keep = round > 0;
@@ -230,12 +328,28 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
         flush()?;
         // wsync, a long-lived process watching the tree (the daemon's
         // way): the first capture scans everything.
-        let (e, incremental) = live.capture()?;
+        let (e, incremental, id) = live.capture()?;
         if keep {
             live_t.push(e);
             live_incremental += usize::from(incremental);
         }
         flush()?;
+        // The floor under any capture of this round (see `io_floor`), and
+        // under a one-off capture, which has no watcher to tell it what
+        // changed: it must at least look at every file.
+        if keep {
+            let sizes = written_sizes(&work, &state, &id)?;
+            let changed = changed_paths(&work, files, round);
+            floor_t.push(io_floor(&changed, &scratch, round, sizes)?);
+            flush()?;
+            let t = Instant::now();
+            for path in &tracked {
+                std::fs::symlink_metadata(path)?;
+            }
+            let looked = t.elapsed();
+            one_off_floor_t.push(looked + io_floor(&changed, &scratch, round + 100_000, sizes)?);
+            flush()?;
+        }
         // wsync, in-process.
         let before = du(&objects) + du(&state);
         let t = Instant::now();
@@ -324,6 +438,9 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
     let (wsync_disk, bundle_disk, addall_disk) =
         (per(wsync_disk), per(bundle_disk), per(addall_disk));
     drop(live);
+    std::fs::remove_dir_all(&scratch)?;
+    let floor = stats(&mut floor_t);
+    let one_off_floor = stats(&mut one_off_floor_t);
     let (lib, cli, bundle, addall, live_s) = (
         stats(&mut lib),
         stats(&mut cli),
@@ -376,6 +493,14 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
         .goal("≤ 10 ms, ≤ 0.033× (≥ 30× faster)"),
     );
     rows.push(Row::versus(
+        "file-system floor of a capture (read the 11 files; write pack, index, ref; \
+         .diff + .meta with fsync, rename, folder fsync; nothing computed), median",
+        ms(floor.p50),
+        "git bundle --all + git diff",
+        ms(bundle.p50),
+        "ms",
+    ));
+    rows.push(Row::versus(
         "capture through a live scan, median",
         ms(live_s.p50),
         "git add -A (temp index) + write-tree + commit-tree",
@@ -399,6 +524,14 @@ pub fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
         )
         .goal("≤ 10 ms, ≤ 0.033× (≥ 30× faster)"),
     );
+    rows.push(Row::versus(
+        "file-system floor of a one-off capture (lstat of every tracked file + the floor above; \
+         no process start, no index read), median",
+        ms(one_off_floor.p50),
+        "git bundle --all + git diff",
+        ms(bundle.p50),
+        "ms",
+    ));
     rows.push(Row::versus(
         "capture via `wsync snapshot create`, median",
         ms(cli.p50),
