@@ -101,8 +101,8 @@ fn changed_paths(work: &Path, files: usize, round: usize) -> Vec<PathBuf> {
 /// The file-system work any capture of a round must do, and nothing else:
 /// read the changed files whole; write the new objects' pack, its index
 /// and the ref (`sizes[0..3]`, unsynced, as wsync writes them); write the
-/// `.diff` and `.meta` (`sizes[3..5]`) through temp file + fsync + rename
-/// and fsync their folder, as the data-safety rule asks. No hashing, no
+/// `.diff` and `.meta` (`sizes[3..5]`) through temp file + fsync (both at
+/// once) + rename and fsync their folder, as the data-safety rule asks. No hashing, no
 /// trees, no diffing: the floor under any implementation.
 fn io_floor(
     changed: &[PathBuf],
@@ -124,14 +124,24 @@ fn io_floor(
         let mut f = std::fs::File::create_new(&tmp)?;
         f.write_all(&vec![b'x'; size])?;
         if i >= 3 {
-            f.sync_all()?;
-            synced.push(tmp);
+            synced.push((tmp, f));
         } else {
             drop(f);
             std::fs::rename(&tmp, scratch.join(format!("{name}-{round}")))?;
         }
     }
-    for tmp in synced {
+    // Both fsyncs at once, on two threads, as wsync does them.
+    std::thread::scope(|s| {
+        let handles: Vec<_> = synced
+            .iter()
+            .map(|(_, f)| s.spawn(|| f.sync_all()))
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("panicked")))
+        })
+    })?;
+    for (tmp, _) in synced {
         std::fs::rename(&tmp, tmp.with_extension(""))?;
     }
     std::fs::File::open(scratch)?.sync_all()?;
