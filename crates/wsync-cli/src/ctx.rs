@@ -114,17 +114,13 @@ pub fn git_dir_of(root: &Path) -> Option<PathBuf> {
 
 /// Options for the daemon's live snapshot scan, with what only the
 /// environment tells: the attribute files libgit2 reads outside any
-/// repository (`/etc/gitattributes`, and `$XDG_CONFIG_HOME/git/attributes`
-/// or `~/.config/git/attributes`), found as libgit2 finds them. Without a
-/// home folder they stay unknown and libgit2 is asked for every path.
+/// repository (see `LiveOptions::attribute_files_from`).
 pub fn live_options() -> wsync_snapshot::LiveOptions {
-    let env = |name| std::env::var_os(name).filter(|v| !v.is_empty());
-    let user = match env("XDG_CONFIG_HOME") {
-        Some(xdg) => Some(PathBuf::from(xdg).join("git/attributes")),
-        None => env("HOME").map(|home| PathBuf::from(home).join(".config/git/attributes")),
-    };
     wsync_snapshot::LiveOptions {
-        attribute_files: user.map(|user| vec![PathBuf::from("/etc/gitattributes"), user]),
+        attribute_files: wsync_snapshot::LiveOptions::attribute_files_from(
+            std::env::var_os("XDG_CONFIG_HOME").as_deref(),
+            std::env::var_os("HOME").as_deref(),
+        ),
         ..wsync_snapshot::LiveOptions::default()
     }
 }

@@ -23,14 +23,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let store = SnapshotStore::open(&PathBuf::from(work), &PathBuf::from(state))?;
     // The attribute files libgit2 reads outside the repository, found as
-    // the `wsync` daemon finds them (see `LiveOptions::attribute_files`).
-    let env = |name| std::env::var_os(name).filter(|v| !v.is_empty());
-    let user = match env("XDG_CONFIG_HOME") {
-        Some(xdg) => Some(PathBuf::from(xdg).join("git/attributes")),
-        None => env("HOME").map(|home| PathBuf::from(home).join(".config/git/attributes")),
-    };
+    // the `wsync` daemon finds them.
     let mut live = store.live(&LiveOptions {
-        attribute_files: user.map(|user| vec![PathBuf::from("/etc/gitattributes"), user]),
+        attribute_files: LiveOptions::attribute_files_from(
+            std::env::var_os("XDG_CONFIG_HOME").as_deref(),
+            std::env::var_os("HOME").as_deref(),
+        ),
         ..LiveOptions::default()
     })?;
     let opts = CaptureOptions {

@@ -24,6 +24,7 @@
 //! the periodic full scan bounds how long such a change can be missed.
 
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -72,6 +73,25 @@ impl Default for LiveOptions {
             max_recorded: 50_000,
             attribute_files: None,
         }
+    }
+}
+
+impl LiveOptions {
+    /// The [`LiveOptions::attribute_files`] of an environment where
+    /// `XDG_CONFIG_HOME` and `HOME` have these values (empty counts as
+    /// unset), located as libgit2 locates them: `/etc/gitattributes`, and
+    /// `$XDG_CONFIG_HOME/git/attributes` or else `$HOME/.config/git/attributes`.
+    /// `None` without either (libgit2 is then asked).
+    pub fn attribute_files_from(
+        xdg_config_home: Option<&OsStr>,
+        home: Option<&OsStr>,
+    ) -> Option<Vec<PathBuf>> {
+        let set = |v: Option<&OsStr>| v.filter(|v| !v.is_empty()).map(PathBuf::from);
+        let user = match set(xdg_config_home) {
+            Some(xdg) => xdg.join("git/attributes"),
+            None => set(home)?.join(".config/git/attributes"),
+        };
+        Some(vec![PathBuf::from("/etc/gitattributes"), user])
     }
 }
 
@@ -475,13 +495,13 @@ impl LiveScan {
         rel: &[u8],
         tracked: &[Tracked],
     ) -> std::result::Result<(), String> {
-        let abs = root.join(std::ffi::OsStr::from_bytes(rel));
+        let abs = root.join(OsStr::from_bytes(rel));
         if !rel.is_empty() && !scan::has_tracked_below(tracked, rel) {
             let mut p = rel.to_vec();
             p.push(b'/');
             let ignored = self
                 .repo
-                .is_path_ignored(Path::new(std::ffi::OsStr::from_bytes(&p)))
+                .is_path_ignored(Path::new(OsStr::from_bytes(&p)))
                 .unwrap_or(false);
             if ignored || abs.join(".git").symlink_metadata().is_ok() {
                 return Ok(());
@@ -628,6 +648,27 @@ mod tests {
     use notify::event::{CreateKind, Flag, ModifyKind};
 
     /// The daemon keeps a scan behind a mutex shared with its runner.
+    #[test]
+    fn attribute_files_are_located_as_libgit2_locates_them() {
+        let files = |x: Option<&str>, h: Option<&str>| {
+            LiveOptions::attribute_files_from(x.map(OsStr::new), h.map(OsStr::new))
+        };
+        let p = |s: &str| PathBuf::from(s);
+        assert_eq!(
+            files(Some("/x"), Some("/h")),
+            Some(vec![p("/etc/gitattributes"), p("/x/git/attributes")])
+        );
+        assert_eq!(
+            files(Some(""), Some("/h")),
+            Some(vec![
+                p("/etc/gitattributes"),
+                p("/h/.config/git/attributes")
+            ])
+        );
+        assert_eq!(files(None, Some("")), None);
+        assert_eq!(files(None, None), None);
+    }
+
     #[test]
     fn live_scan_is_send() {
         fn send<T: Send>() {}

@@ -162,24 +162,16 @@ fn trees(repo: &TestRepo, snap: &Snapshot) -> (String, String) {
     (work.tree_id().to_string(), index.tree_id().to_string())
 }
 
-/// The system's and the user's attribute files, found as libgit2 (in this
-/// process) finds them.
-fn attribute_files() -> Vec<std::path::PathBuf> {
-    let mut files = vec![std::path::PathBuf::from("/etc/gitattributes")];
-    match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
-        Some(x) => files.push(Path::new(&x).join("git/attributes")),
-        None => files
-            .extend(std::env::var_os("HOME").map(|h| Path::new(&h).join(".config/git/attributes"))),
-    }
-    files
-}
-
 fn live(repo: &TestRepo) -> (SnapshotStore, LiveScan) {
     std::fs::write(repo.path().join(".git/info/exclude"), "*.log\n").unwrap();
     let store = SnapshotStore::open(repo.path(), &repo.path().join(".wsync")).unwrap();
     let live = store
         .live(&LiveOptions {
-            attribute_files: Some(attribute_files()),
+            // As libgit2 in this process finds them.
+            attribute_files: LiveOptions::attribute_files_from(
+                std::env::var_os("XDG_CONFIG_HOME").as_deref(),
+                std::env::var_os("HOME").as_deref(),
+            ),
             ..LiveOptions::default()
         })
         .unwrap();
